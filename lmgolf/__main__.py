@@ -1,0 +1,5 @@
+import sys
+
+from lmgolf.cli import main
+
+sys.exit(main())

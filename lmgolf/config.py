@@ -1,0 +1,234 @@
+"""One config object: model and training dataclasses, named presets, and `key=value` overrides.
+
+Presets are JSON files in `lmgolf/presets/`. A run folder stores the full resolved config as
+`config.json`, which loads back with `Config.from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmgolf.errors import LmgolfError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    n_layer: int = 9
+    d_model: int = 512
+    n_head: int = 8
+    n_kv_head: int | None = None        # None: same as n_head (MHA); fewer: GQA; 1: MQA
+    head_dim: int | None = None         # None: d_model // n_head
+    context: int = 1024                 # training sequence length; the learned position table size
+    positions: str = "rope"             # rope | learned | none
+    rope_base: float = 10000.0
+    norm: str = "rmsnorm"               # rmsnorm | layernorm (always pre-norm)
+    norm_gain: bool = True              # learned per-channel gain in every norm
+    norm_eps: float = 1e-5
+    embed_norm: bool = False            # normalize the token embedding before the first block
+    qk_norm: bool = False               # gain-free RMSNorm of queries and keys, per head
+    q_gain: float | None = None         # learned per-head query gain, with this initial value
+    mlp: str = "swiglu"                 # gelu | swiglu | relu2
+    mlp_mult: float = 4.0               # hidden = mlp_mult * d_model, unless mlp_hidden is set
+    mlp_hidden: int | None = None
+    bias: bool = False                  # biases in linear layers and LayerNorm
+    tie_embeddings: bool = True
+    logit_softcap: float | None = None  # logits <- c * tanh(logits / c)
+    unet_skips: bool = False            # first half of the blocks push, second half add (learned weights)
+    resid_mix: bool = False             # each block mixes its input with the embedding stream x0 (learned)
+    output_scales: bool = False         # learned per-channel scales on attention and MLP outputs
+    zero_init_proj: bool = False        # zero-init the attention and MLP output projections
+    init_std: float = 0.02
+    embed_init_std: float = 0.02
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or int(self.mlp_mult * self.d_model)
+
+    def validate(self) -> None:
+        choices = {"positions": ("rope", "learned", "none"), "norm": ("rmsnorm", "layernorm"),
+                   "mlp": ("gelu", "swiglu", "relu2")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LmgolfError(f"config field model.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("vocab_size", "n_layer", "d_model", "n_head", "context"):
+            if getattr(self, name) < 1:
+                raise LmgolfError(f"config field model.{name}: must be >= 1")
+        if self.head_dim is None and self.d_model % self.n_head:
+            raise LmgolfError(f"config fields model.d_model and model.n_head: {self.d_model} is not divisible by {self.n_head}")
+        if self.n_head % self.kv_heads:
+            raise LmgolfError(f"config fields model.n_head and model.n_kv_head: {self.n_head} heads cannot be grouped into {self.kv_heads}")
+        if self.positions == "rope" and self.head_size % 2:
+            raise LmgolfError("config fields model.positions and model.head_dim: RoPE needs an even head size")
+        if self.q_gain is not None and not self.qk_norm:
+            raise LmgolfError("config fields model.q_gain and model.qk_norm: the query gain needs qk_norm=true")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    device: str = "auto"                # auto | cpu | cuda
+    dtype: str = "auto"                 # auto | bf16 | fp32 (autocast dtype)
+    compile: str = "auto"               # auto | on | off
+    batch_tokens: int = 8192            # global tokens per optimizer step
+    micro_batch: int = 16               # sequences per forward pass on one process
+    max_steps: int = 0                  # 0: no step limit
+    time_budget: float = 0.0            # seconds of training (excludes compilation and evaluation); 0: none
+    optimizer: str = "muon"             # muon (2-D hidden matrices) + adam (the rest) | adamw
+    lr: float = 3e-3                    # adamw: every parameter
+    matrix_lr: float = 0.04             # muon: 2-D hidden matrices
+    embed_lr: float = 0.05              # muon: embeddings (adam)
+    head_lr: float = 0.008              # muon: untied output head (adam)
+    scalar_lr: float = 0.04             # muon: gains, scales, biases (adam)
+    momentum: float = 0.95
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.0
+    warmup: float = 0.0                 # fraction of the budget with a linear LR ramp
+    warmdown: float = 0.2               # fraction of the budget at the end with a linear decay
+    min_lr_frac: float = 0.0            # LR at the very end, as a fraction of the peak
+    grad_clip: float = 0.0              # max global gradient norm; 0: off
+    eval_every: int = 0                 # steps between validation passes; 0: only at the end
+    eval_tokens: int = 65536            # validation prefix for periodic passes (the final pass uses all)
+    checkpoint_every: int = 0           # steps between checkpoints; 0: only at the end
+    log_every: int = 10
+
+    def validate(self) -> None:
+        choices = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "bf16", "fp32"),
+                   "compile": ("auto", "on", "off"), "optimizer": ("muon", "adamw")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LmgolfError(f"config field train.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("batch_tokens", "micro_batch"):
+            if getattr(self, name) < 1:
+                raise LmgolfError(f"config field train.{name}: must be >= 1")
+        if self.max_steps < 0 or self.time_budget < 0:
+            raise LmgolfError("config fields train.max_steps and train.time_budget: must be >= 0")
+        if not 0 <= self.warmup + self.warmdown <= 1:
+            raise LmgolfError("config fields train.warmup and train.warmdown: together they must lie in [0, 1]")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "Config":
+        if not isinstance(data, dict):
+            raise LmgolfError(f"{source}: expected a JSON object")
+        unknown = set(data) - {"model", "train", "preset"}
+        if unknown:
+            raise LmgolfError(f"{source}: unknown config section {sorted(unknown)[0]!r} (known: model, train)")
+        model = _build(ModelConfig, data.get("model", {}), f"{source}: model")
+        train = _build(TrainConfig, data.get("train", {}), f"{source}: train")
+        cfg = cls(model=model, train=train, preset=str(data.get("preset", "")))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+
+    def save(self, path: str | Path) -> None:
+        from lmgolf.runfiles import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset(name: str) -> Config:
+    path = PRESET_DIR / f"{name}.json"
+    if not path.is_file():
+        raise LmgolfError(f"unknown preset {name!r} (known: {', '.join(preset_names())})")
+    data = json.loads(path.read_text())
+    data["preset"] = name
+    return Config.from_dict(data, source=str(path))
+
+
+def load_config(preset: str, overrides: list[str] = ()) -> Config:
+    """A preset with `section.key=value` overrides (the section may be left out when the key is unique)."""
+    data = load_preset(preset).to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise LmgolfError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        section, name = _locate(key.strip())
+        data[section][name] = _parse_value(raw)
+    return Config.from_dict(data, source=f"preset {preset} with overrides")
+
+
+def _locate(key: str) -> tuple[str, str]:
+    sections = {"model": ModelConfig, "train": TrainConfig}
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in sections and name in _field_types(sections[section]):
+            return section, name
+    else:
+        hits = [s for s, c in sections.items() if key in _field_types(c)]
+        if len(hits) == 1:
+            return hits[0], key
+    known = [f"{s}.{n}" for s, c in sections.items() for n in _field_types(c)]
+    raise LmgolfError(f"unknown config key {key!r} (known: {', '.join(known)})")
+
+
+def _parse_value(raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _field_types(cls) -> dict[str, object]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls, values: dict, source: str):
+    if not isinstance(values, dict):
+        raise LmgolfError(f"{source}: expected a JSON object")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for name, value in values.items():
+        if name not in types_:
+            raise LmgolfError(f"{source}: unknown config key {name!r} (known: {', '.join(types_)})")
+        kwargs[name] = _coerce(value, types_[name], f"{source}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value, annotation, where: str):
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None and type(None) in options:
+        return None
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in options)
+    raise LmgolfError(f"{where}: expected {names}, got {value!r}")

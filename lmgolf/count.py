@@ -1,0 +1,86 @@
+"""Parameter and FLOP accounting, read off the module that the config builds.
+
+FLOP convention (PaLM appendix B, nanoGPT's MFU): training FLOPs per token =
+6 x (weights used in matrix multiplies, the output head included, embedding lookups excluded)
++ 12 x n_layer x attention width x context. The forward pass is one third of that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmgolf.config import ModelConfig
+from lmgolf.model import GPT
+
+GROUPS = ("embedding", "positions", "attention", "mlp", "norms", "scales", "skips", "head")
+
+
+def parameter_group(name: str) -> str:
+    if name.startswith("tok_emb"):
+        return "embedding"
+    if name.startswith("pos_emb"):
+        return "positions"
+    if name.startswith("head"):
+        return "head"
+    if name.startswith("skip_weights"):
+        return "skips"
+    if ".attn." in name and not name.endswith("q_gain"):
+        return "attention"
+    if ".mlp." in name:
+        return "mlp"
+    if "norm" in name:
+        return "norms"
+    return "scales"  # learned gains, output scales, residual mixes
+
+
+@dataclass
+class ModelCount:
+    params_by_group: dict[str, int]
+    matmul_weights: int
+    attention_flops_per_token: int  # 12 x n_layer x attention width x context
+
+    @property
+    def params(self) -> int:
+        return sum(self.params_by_group.values())
+
+    @property
+    def train_flops_per_token(self) -> int:
+        return 6 * self.matmul_weights + self.attention_flops_per_token
+
+    @property
+    def forward_flops_per_token(self) -> int:
+        return self.train_flops_per_token // 3
+
+
+def count_module(model: GPT) -> ModelCount:
+    groups = {g: 0 for g in GROUPS}
+    for name, p in model.named_parameters():
+        groups[parameter_group(name)] += p.numel()
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    if model.head is None:  # the tied head multiplies by the embedding matrix
+        matmul += model.tok_emb.weight.numel()
+    cfg = model.cfg
+    attn_width = cfg.n_head * cfg.head_size
+    return ModelCount({g: n for g, n in groups.items() if n}, matmul, 12 * cfg.n_layer * attn_width * cfg.context)
+
+
+def count_config(cfg: ModelConfig) -> ModelCount:
+    """Counts without allocating memory: the model is built on the meta device."""
+    with torch.device("meta"):
+        return count_module(GPT(cfg))
+
+
+def format_count(cfg: ModelConfig, count: ModelCount) -> str:
+    lines = [f"{'group':<12}{'parameters':>14}{'share':>8}"]
+    for group, n in count.params_by_group.items():
+        lines.append(f"{group:<12}{n:>14,}{n / count.params:>8.1%}")
+    lines.append(f"{'total':<12}{count.params:>14,}")
+    lines.append("")
+    lines.append(f"matmul weights (head incl., lookups excl.): {count.matmul_weights:,}")
+    lines.append(f"training FLOPs/token = 6 x {count.matmul_weights:,} + 12 x {cfg.n_layer} x "
+                 f"{cfg.n_head * cfg.head_size} x {cfg.context} = {count.train_flops_per_token:,}")
+    lines.append(f"forward FLOPs/token = {count.forward_flops_per_token:,}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Device, precision and compilation choices, and the torchrun process group."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lmgolf.errors import LmgolfError
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls run several times faster than fp32 on such CPUs."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise LmgolfError("config field train.device: 'cuda' asked for, but no CUDA device is available")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def want_compile(choice: str, device: torch.device) -> bool:
+    """Compile on CUDA by default; on CPU compilation costs more than it saves in short runs."""
+    if choice == "on":
+        return True
+    return choice == "auto" and device.type == "cuda"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_choice: str) -> Dist:
+    """Joins the torchrun process group when launched by torchrun; one process otherwise."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist()
+    if not dist.is_initialized():
+        use_nccl = device_choice != "cpu" and torch.cuda.is_available()
+        if use_nccl:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend="nccl" if use_nccl else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))

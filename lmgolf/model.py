@@ -1,0 +1,202 @@
+"""The GPT: token embedding, a stack of pre-norm blocks (attention then MLP), a final norm and a head.
+
+Every option is a field of `ModelConfig`; read this file top to bottom as the architecture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmgolf.config import ModelConfig
+
+
+class Norm(nn.Module):
+    """RMSNorm or LayerNorm over the last dimension, with an optional learned gain."""
+
+    def __init__(self, dim: int, kind: str, gain: bool, bias: bool, eps: float):
+        super().__init__()
+        self.kind, self.eps, self.dim = kind, eps, dim
+        self.weight = nn.Parameter(torch.ones(dim)) if gain else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if gain and bias and kind == "layernorm" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rmsnorm":
+            return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+
+
+class Rotary(nn.Module):
+    """RoPE: rotate pairs (i, i + d/2) of each head's dimensions by position-dependent angles."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x: (batch, heads, time, head_dim)."""
+        t = torch.arange(start, start + x.size(-2), device=x.device, dtype=torch.float32)
+        angles = torch.outer(t, self.inv_freq)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one slot per layer, for incremental decoding."""
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        past = self.layers[layer]
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_size
+        self.q = nn.Linear(cfg.d_model, self.n_head * self.hd, bias=cfg.bias)
+        self.k = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.bias)
+        self.v = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.bias)
+        self.proj = nn.Linear(self.n_head * self.hd, cfg.d_model, bias=cfg.bias)
+        self.qk_norm = cfg.qk_norm
+        self.q_gain = nn.Parameter(torch.full((self.n_head,), cfg.q_gain)) if cfg.q_gain is not None else None
+        self.rotary = Rotary(self.hd, cfg.rope_base) if cfg.positions == "rope" else None
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
+        k = self.k(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.hd,)), F.rms_norm(k, (self.hd,))
+        start = cache.length if cache is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        if self.q_gain is not None:
+            q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        if self.n_kv != self.n_head:  # GQA/MQA: each key/value head serves n_head / n_kv query heads
+            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        if start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new queries sit at positions start..start+T-1 and see every earlier key
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        self.up = nn.Linear(cfg.d_model, cfg.hidden, bias=cfg.bias)
+        self.gate = nn.Linear(cfg.d_model, cfg.hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
+        self.proj = nn.Linear(cfg.hidden, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            h = F.silu(self.gate(x)) * self.up(x)
+        elif self.kind == "relu2":
+            h = F.relu(self.up(x)).square()
+        else:
+            h = F.gelu(self.up(x))
+        return self.proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        norm = lambda: Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps)  # noqa: E731
+        self.attn_norm, self.attn = norm(), Attention(cfg)
+        self.mlp_norm, self.mlp = norm(), MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(cfg.d_model)) if cfg.output_scales else None
+        self.mlp_scale = nn.Parameter(torch.ones(cfg.d_model)) if cfg.output_scales else None
+        # resid_mix[0] weighs the residual stream, resid_mix[1] the embedding stream x0
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.d_model), torch.zeros(cfg.d_model)))) if cfg.resid_mix else None
+
+    def forward(self, x, x0, cache: KVCache | None = None, layer: int = 0):
+        if self.resid_mix is not None:
+            mix = self.resid_mix.to(x.dtype)
+            x = mix[0] * x + mix[1] * x0
+        a = self.attn(self.attn_norm(x), cache, layer)
+        x = x + (a * self.attn_scale.to(a.dtype) if self.attn_scale is not None else a)
+        m = self.mlp(self.mlp_norm(x))
+        return x + (m * self.mlp_scale.to(m.dtype) if self.mlp_scale is not None else m)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.n_encoder = cfg.n_layer // 2 if cfg.unet_skips else 0
+        n_skips = min(self.n_encoder, cfg.n_layer - self.n_encoder)
+        self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.d_model)) if cfg.unet_skips else None
+        self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        cfg = self.cfg
+        proj_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_proj = name.endswith(".proj")
+                if is_proj and cfg.zero_init_proj:
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, std=proj_std if is_proj else cfg.init_std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.tok_emb.weight, std=cfg.embed_init_std)
+        if self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb.weight, std=cfg.embed_init_std)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (batch, time, vocab) in float32 for token ids (batch, time)."""
+        start = cache.length if cache is not None else 0
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            if start + idx.size(1) > self.cfg.context:
+                raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds the learned context {self.cfg.context}")
+            x = x + self.pos_emb(torch.arange(start, start + idx.size(1), device=idx.device))
+        if self.cfg.embed_norm:
+            x = F.rms_norm(x, (x.size(-1),))
+        x0 = x
+        skips = []
+        for i, block in enumerate(self.blocks):
+            if self.skip_weights is not None and i >= self.n_encoder and skips:
+                x = x + self.skip_weights[i - self.n_encoder].to(x.dtype) * skips.pop()
+            x = block(x, x0, cache, i)
+            if i < self.n_encoder:
+                skips.append(x)
+        if cache is not None:
+            cache.length += idx.size(1)
+        x = self.final_norm(x)
+        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+        logits = logits.float()
+        if self.cfg.logit_softcap:
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits / c)
+        return logits
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

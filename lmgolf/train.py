@@ -1,0 +1,221 @@
+"""Training: a budget of wall-clock seconds or steps, gradient accumulation, Muon or AdamW, DDP under torchrun.
+
+Elapsed training time counts only the training steps (not compilation, evaluation or checkpoints);
+it is saved in checkpoints, and rank 0 decides when the budget is spent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from lmgolf.checkpoint import CHECKPOINT_DIR, restore_training, save_checkpoint
+from lmgolf.config import Config
+from lmgolf.count import count_module
+from lmgolf.data import DataFolder
+from lmgolf.device import Dist, autocast, init_distributed, pick_device, pick_dtype, want_compile
+from lmgolf.errors import LmgolfError
+from lmgolf.evaluate import evaluate
+from lmgolf.loader import WindowSampler
+from lmgolf.model import GPT
+from lmgolf.optim import build_optimizers, lr_multiplier, set_lr
+from lmgolf.progress import MetricsLog, progress_bar
+from lmgolf.runfiles import atomic_write_text
+from lmgolf.runinfo import run_record
+
+
+@dataclass
+class BatchPlan:
+    micro_batch: int    # sequences per forward pass on one process
+    accum_steps: int    # forward passes per optimizer step on one process
+    world_size: int
+
+    @property
+    def sequences(self) -> int:
+        return self.micro_batch * self.accum_steps * self.world_size
+
+
+def plan_batch(cfg: Config, world_size: int) -> BatchPlan:
+    t = cfg.train
+    sequences = t.batch_tokens // cfg.model.context
+    if sequences < world_size or t.batch_tokens % cfg.model.context:
+        raise LmgolfError(f"config field train.batch_tokens: {t.batch_tokens} must be a multiple of model.context "
+                          f"({cfg.model.context}) with at least one sequence per process ({world_size})")
+    micro = min(t.micro_batch, sequences // world_size)
+    if sequences % (micro * world_size):
+        raise LmgolfError(f"config fields train.batch_tokens and train.micro_batch: {sequences} sequences per step "
+                          f"do not split into micro-batches of {micro} on {world_size} process(es)")
+    return BatchPlan(micro, sequences // (micro * world_size), world_size)
+
+
+def budget_progress(cfg: Config, step: int, elapsed: float) -> float:
+    t = cfg.train
+    fractions = []
+    if t.max_steps:
+        fractions.append(step / t.max_steps)
+    if t.time_budget:
+        fractions.append(elapsed / t.time_budget)
+    return max(fractions)
+
+
+def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          on_step: Callable[[int], None] | None = None) -> dict:
+    """Trains into out_dir and returns a summary (final validation, steps, tokens, seconds)."""
+    if not cfg.train.max_steps and not cfg.train.time_budget:
+        raise LmgolfError("config fields train.max_steps and train.time_budget: set at least one budget")
+    ddp = init_distributed(cfg.train.device)
+    device = pick_device(cfg.train.device)
+    dtype = pick_dtype(cfg.train.dtype, device)
+    data = DataFolder(data_dir)
+    cfg.model.vocab_size = data.vocab_size
+    cfg.validate()
+    out_dir = Path(out_dir)
+    if (out_dir / CHECKPOINT_DIR).exists() and not resume:
+        raise LmgolfError(f"{out_dir}: a run is already there; pass --resume to continue it or choose another --out")
+    if resume and not (out_dir / CHECKPOINT_DIR).exists():
+        raise LmgolfError(f"{out_dir}: no checkpoint to resume from")
+    plan = plan_batch(cfg, ddp.world_size)
+
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model).to(device)
+    optimizers = build_optimizers(model, cfg.train, ns_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+    step, elapsed = 0, 0.0
+    if resume:
+        state = restore_training(out_dir, model, optimizers)
+        step, elapsed = state["step"], state["elapsed"]
+    elif ddp.is_main:
+        _write_run_folder(out_dir, cfg, data, ddp, device, dtype)
+    log = MetricsLog(out_dir / "metrics.jsonl" if ddp.is_main else None)
+
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else model
+    if want_compile(cfg.train.compile, device):
+        net = torch.compile(net)
+    sampler = WindowSampler(data.train_tokens(), cfg.model.context, cfg.train.seed, ddp.rank, ddp.world_size)
+
+    def loss_of(x, y):
+        with autocast(device, dtype):
+            logits = net(x)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+    if want_compile(cfg.train.compile, device):  # compile outside the clock: one forward and backward
+        x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps)
+        loss_of(x.to(device), y.to(device)).backward()
+        model.zero_grad(set_to_none=True)
+
+    flops_per_token = count_module(model).train_flops_per_token
+    tokens_per_step = plan.sequences * cfg.model.context
+    if ddp.is_main:
+        print(f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({str(dtype).removeprefix('torch.')}), "
+              f"{ddp.world_size} process(es), {tokens_per_step:,} tokens/step = {plan.micro_batch} x {plan.accum_steps} accum "
+              f"x {ddp.world_size} x {cfg.model.context}", flush=True)
+    bar = progress_bar(total=100, desc="train", unit="%", disable=not (progress and ddp.is_main))
+    last_val = None
+    while True:
+        fraction = budget_progress(cfg, step, elapsed)
+        if _agree_to_stop(fraction >= 1, ddp, device):
+            break
+        set_lr(optimizers, lr_multiplier(fraction, cfg.train))
+        started = _now(device)
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(plan.accum_steps):
+            x, y = sampler.batch(step, micro, plan.micro_batch, plan.accum_steps)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = micro == plan.accum_steps - 1 or ddp.world_size == 1
+            with (net.no_sync() if not sync and isinstance(net, DistributedDataParallel) else contextlib.nullcontext()):
+                loss = loss_of(x, y) / plan.accum_steps
+                loss.backward()
+            loss_sum += loss.detach()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        if ddp.world_size > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        train_loss = float(loss_sum)
+        step_seconds = _now(device) - started
+        elapsed += step_seconds
+        step += 1
+        if not math.isfinite(train_loss):
+            raise LmgolfError(f"training diverged: the loss is {train_loss} at step {step}; stopped without saving, "
+                              f"the last checkpoint in {out_dir / CHECKPOINT_DIR} is intact (try a lower learning rate)")
+        if on_step is not None:
+            on_step(step)
+        tok_s = tokens_per_step / step_seconds
+        if ddp.is_main:
+            bar.n = min(100.0, round(100 * budget_progress(cfg, step, elapsed), 1))
+            bar.set_postfix(step=step, loss=f"{train_loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            bar.refresh()
+            if step % cfg.train.log_every == 0 or step == 1:
+                log.write(step=step, loss=train_loss, lr_mult=lr_multiplier(fraction, cfg.train), elapsed=elapsed,
+                          tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token)
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+            last_val = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
+        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+            _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
+    bar.close()
+    _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
+    final = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress) or last_val
+    summary = {"steps": step, "tokens": step * tokens_per_step, "elapsed": elapsed,
+               "val_loss": final.loss if final else None, "val_bpb": final.bpb if final else None}
+    if ddp.is_main:
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_run_folder(out_dir: Path, cfg: Config, data: DataFolder, ddp: Dist, device, dtype) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(out_dir / "config.json")
+    record = run_record()
+    record.update(data=data.describe(), device=str(device), dtype=str(dtype), world_size=ddp.world_size)
+    atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)
+    data.tokenizer().save(out_dir / "tokenizer")
+    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, log: MetricsLog, step: int,
+              max_tokens: int | None, progress: bool = False):
+    result = None
+    if ddp.is_main:
+        tokens, nbytes = data.val_tokens_and_bytes()
+        result = evaluate(model, tokens, nbytes, cfg.model.context, max_tokens=max_tokens, device=device,
+                          dtype=dtype, progress=progress)
+        log.write(step=step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens)
+        print(f"step {step}: {result.format()}", flush=True)
+    if ddp.world_size > 1:
+        dist.barrier()
+    return result
+
+
+def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist) -> None:
+    if ddp.is_main:
+        save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed)
+    if ddp.world_size > 1:
+        dist.barrier()
+
+
+def _agree_to_stop(stop: bool, ddp: Dist, device) -> bool:
+    """Rank 0's clock decides, so every process stops after the same step."""
+    if ddp.world_size == 1:
+        return stop
+    flag = torch.tensor([1 if stop else 0], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _now(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -1,0 +1,103 @@
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from lmgolf.config import ModelConfig, load_config, load_preset
+from lmgolf.count import count_config, count_module
+from lmgolf.model import GPT
+
+PRESET_PARAMS = {"pg-baseline": 17_059_912, "s1-option-a": 35_763_840, "nanogpt-shakespeare-char": 10_745_088}
+
+
+@pytest.mark.parametrize("name,expected", PRESET_PARAMS.items())
+def test_preset_builds_exact_parameter_count(name, expected):
+    cfg = load_preset(name).model
+    assert count_config(cfg).params == expected
+
+
+def test_pg_baseline_has_query_gain_only_on_queries():
+    with torch.device("meta"):
+        model = GPT(load_preset("pg-baseline").model)
+    gains = [n for n, _ in model.named_parameters() if "gain" in n]
+    assert len(gains) == 9 and all(n.endswith("attn.q_gain") for n in gains)
+    assert model.blocks[0].attn.q_gain.shape == (8,)
+    assert model.skip_weights.shape == (4, 512)
+
+
+def tiny(**kw):
+    base = dict(vocab_size=64, n_layer=2, d_model=32, n_head=4, context=16)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+VARIANTS = [
+    dict(),
+    dict(positions="learned", norm="layernorm", mlp="gelu"),
+    dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2", logit_softcap=30.0),
+    dict(tie_embeddings=False, unet_skips=True, n_layer=5, resid_mix=True, output_scales=True, embed_norm=True),
+    dict(positions="none", n_kv_head=1, bias=True, norm="layernorm", zero_init_proj=True),
+]
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_flops_match_torch_flop_counter(kw):
+    cfg = tiny(**kw)
+    model = GPT(cfg)
+    count = count_module(model)
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.context))
+    # the math backend runs attention as matmuls the counter sees (it skips the fused CPU kernel)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x)
+    assert counter.get_total_flops() * 3 == count.train_flops_per_token * x.numel()
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_counted_parameters_equal_module(kw):
+    model = GPT(tiny(**kw))
+    count = count_module(model)
+    assert count.params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_causal(kw):
+    torch.manual_seed(0)
+    cfg = tiny(**kw)
+    model = GPT(cfg)
+    for p in model.parameters():  # zero-init projections would hide a leak
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randint(0, cfg.vocab_size, (1, cfg.context))
+    y = x.clone()
+    y[0, 9:] = (y[0, 9:] + 1) % cfg.vocab_size
+    a, b = model(x), model(y)
+    assert torch.allclose(a[0, :9], b[0, :9], atol=1e-6)
+    assert not torch.allclose(a[0, 9:], b[0, 9:])
+
+
+def test_tiny_model_overfits():
+    torch.manual_seed(0)
+    cfg = tiny(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2")
+    model = GPT(cfg)
+    x = torch.randint(0, cfg.vocab_size, (4, cfg.context + 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = model.loss(x[:, :-1], x[:, 1:])
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first
+
+
+def test_same_seed_same_weights():
+    torch.manual_seed(3)
+    a = GPT(tiny()).state_dict()
+    torch.manual_seed(3)
+    b = GPT(tiny()).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_overrides_reach_the_model():
+    cfg = load_config("pg-baseline", ["model.n_layer=4", "d_model=256", "train.seed=7"])
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.train.seed) == (4, 256, 7)
