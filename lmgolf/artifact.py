@@ -1,0 +1,479 @@
+"""The `.lmg` artifact: quantized weights, config and tokenizer in one compressed file, with no pickle.
+
+File layout (docs/artifact.md has the full description):
+  bytes 0-7    magic: b"LMGOLF\\x00" then the format version as one byte
+  byte  8      codec id (1 zlib, 2 lzma, 3 zstd)
+  bytes 9-40   sha256 of the uncompressed payload (verified on load)
+  bytes 41-    the compressed payload
+Payload: u32 little-endian header length | UTF-8 JSON header | raw little-endian tensor blobs.
+
+Each tensor is kept in a named *storage*: a pair of functions, quantize (float weights -> blobs + meta)
+and dequantize (blobs + meta -> float32 weights), registered in STORAGES. A new quantization scheme
+is a new entry there plus a rule in `PackPolicy.storage_for`.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+import lzma
+import struct
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import zstandard
+
+from lmgolf import __version__
+from lmgolf.config import Config
+from lmgolf.count import GROUPS, parameter_group
+from lmgolf.errors import LmgolfError
+from lmgolf.model import GPT
+from lmgolf.runfiles import atomic_write_bytes
+
+FORMAT_VERSION = 1
+MAGIC = b"LMGOLF\x00"
+PREAMBLE = len(MAGIC) + 1 + 1 + 32  # magic, version, codec id, sha256
+BUDGET = 16_000_000  # the Parameter Golf limit: decimal bytes of artifact plus code
+
+# The lmgolf source files needed to load an artifact and score it (their imports included);
+# tests/test_artifact.py checks that this set is closed under lmgolf imports.
+CODE_FILES = ("__init__.py", "errors.py", "runfiles.py", "config.py", "model.py", "count.py", "tokenizers.py",
+              "artifact.py", "evaluate.py", "device.py", "progress.py")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Codecs
+
+
+def _zlib_decompress(data: bytes) -> bytes:
+    try:
+        return zlib.decompress(data)
+    except zlib.error as e:
+        raise ValueError(e) from None
+
+
+def _lzma_decompress(data: bytes) -> bytes:
+    try:
+        return lzma.decompress(data)
+    except lzma.LZMAError as e:
+        raise ValueError(e) from None
+
+
+def _zstd_decompress(data: bytes) -> bytes:
+    try:
+        return zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as e:
+        raise ValueError(e) from None
+
+
+@dataclass(frozen=True)
+class Codec:
+    id: int
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes], bytes]  # raises ValueError on corrupt input
+
+
+CODECS = {
+    "zlib": Codec(1, lambda b: zlib.compress(b, 9), _zlib_decompress),
+    "lzma": Codec(2, lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), _lzma_decompress),
+    "zstd": Codec(3, lambda b: zstandard.ZstdCompressor(level=22).compress(b), _zstd_decompress),
+}
+
+
+def _codec_by_id(codec_id: int) -> tuple[str, Codec] | None:
+    return next(((name, c) for name, c in CODECS.items() if c.id == codec_id), None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Policy and storages
+
+
+@dataclass(frozen=True)
+class PackPolicy:
+    """Which storage each tensor gets and how the payload is compressed.
+
+    keep_fp16 / keep_fp32: tensor names or fnmatch patterns (e.g. "tok_emb.weight", "*.resid_mix").
+    min_scale: floor on the int8 row scale (0: none; the Parameter Golf baseline script uses 1/127).
+    """
+    codec: str = "zlib"
+    min_quant_numel: int = 65_536
+    clip_quantile: float = 0.9999984
+    keep_fp16: tuple[str, ...] = ()
+    keep_fp32: tuple[str, ...] = ()
+    min_scale: float = 0.0
+
+    def validate(self) -> None:
+        if self.codec not in CODECS:
+            raise LmgolfError(f"pack policy field codec: {self.codec!r} is not one of {', '.join(CODECS)}")
+        if self.min_quant_numel < 0:
+            raise LmgolfError("pack policy field min_quant_numel: must be >= 0")
+        if not 0 < self.clip_quantile <= 1:
+            raise LmgolfError("pack policy field clip_quantile: must lie in (0, 1]")
+        if self.min_scale < 0:
+            raise LmgolfError("pack policy field min_scale: must be >= 0")
+
+    def storage_for(self, name: str, tensor: torch.Tensor) -> str:
+        if _matches(name, self.keep_fp32):
+            return "fp32"
+        if _matches(name, self.keep_fp16):
+            return "fp16"
+        if tensor.ndim == 2 and tensor.numel() >= max(1, self.min_quant_numel):
+            return "int8-row"
+        return "fp16"
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def row_quantile(w: torch.Tensor, q: float) -> torch.Tensor:
+    """torch.quantile(w, q, dim=1) with linear interpolation, built on kthvalue: quantile refuses
+    inputs above 16M elements, which an embedding or MLP matrix can reach."""
+    pos = q * (w.size(1) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, w.size(1) - 1)
+    low = w.kthvalue(lo + 1, dim=1).values
+    high = w.kthvalue(hi + 1, dim=1).values
+    return torch.lerp(low, high, pos - lo)
+
+
+def _int8_row_scales(clip: torch.Tensor, policy: PackPolicy) -> torch.Tensor:
+    """fp16 scales, rounded up so that clip / scale <= 127: every unclipped weight lands within half a step."""
+    wanted = (clip / 127).clamp(min=max(policy.min_scale, 2.0 ** -24), max=65504.0)
+    scale = wanted.half()
+    too_small = scale.float() < wanted
+    return torch.where(too_small, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
+
+
+def _quantize_int8_row(w: torch.Tensor, policy: PackPolicy) -> tuple[dict[str, torch.Tensor], dict]:
+    clip = row_quantile(w.abs(), policy.clip_quantile)[:, None]
+    scale = _int8_row_scales(clip[:, 0], policy)
+    q = torch.round(torch.clamp(w, -clip, clip) / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"q": q, "scale": scale}, {}
+
+
+def _dequantize_int8_row(blobs: dict[str, torch.Tensor], meta: dict, shape: list[int]) -> torch.Tensor:
+    return blobs["q"].float() * blobs["scale"].float()[:, None]
+
+
+def _store_fp16(w: torch.Tensor, policy: PackPolicy) -> tuple[dict[str, torch.Tensor], dict]:
+    if w.numel() and w.abs().max() > 65504:
+        raise ValueError("values beyond the fp16 range; keep it in fp32 (PackPolicy.keep_fp32)")
+    return {"values": w.half()}, {}
+
+
+def _store_fp32(w: torch.Tensor, policy: PackPolicy) -> tuple[dict[str, torch.Tensor], dict]:
+    return {"values": w.float()}, {}
+
+
+def _load_float(blobs: dict[str, torch.Tensor], meta: dict, shape: list[int]) -> torch.Tensor:
+    return blobs["values"].float()
+
+
+@dataclass(frozen=True)
+class Storage:
+    """quantize(float32 weights, policy) -> (named blobs, JSON meta); dequantize(blobs, meta, shape) -> float32."""
+    quantize: Callable[[torch.Tensor, PackPolicy], tuple[dict[str, torch.Tensor], dict]]
+    dequantize: Callable[[dict[str, torch.Tensor], dict, list[int]], torch.Tensor]
+
+
+STORAGES: dict[str, Storage] = {
+    "int8-row": Storage(_quantize_int8_row, _dequantize_int8_row),
+    "fp16": Storage(_store_fp16, _load_float),
+    "fp32": Storage(_store_fp32, _load_float),
+}
+
+BLOB_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
+               "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_DTYPE_NAMES = {v: k for k, v in BLOB_DTYPES.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tensors <-> blob section
+
+
+@dataclass
+class _Packed:
+    """One tensor after quantization."""
+    name: str
+    shape: list[int]
+    storage: str
+    meta: dict
+    blobs: dict[str, torch.Tensor]
+
+
+def _quantize_model(model: GPT, policy: PackPolicy) -> list[_Packed]:
+    packed = []
+    for name, tensor in model.state_dict().items():
+        w = tensor.detach().float().cpu()
+        if not torch.isfinite(w).all():
+            raise LmgolfError(f"tensor {name}: contains NaN or inf, refusing to pack")
+        storage = policy.storage_for(name, w)
+        try:
+            blobs, meta = STORAGES[storage].quantize(w, policy)
+        except ValueError as e:
+            raise LmgolfError(f"tensor {name}: cannot store as {storage}: {e}") from None
+        packed.append(_Packed(name, list(w.shape), storage, meta, blobs))
+    return packed
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _layout(packed: list[_Packed]) -> tuple[list[dict], bytes]:
+    """Header entries (with blob offsets into the blob section) and the blob section itself."""
+    entries, chunks, offset = [], [], 0
+    for p in packed:
+        blob_entries = []
+        for role, t in p.blobs.items():
+            data = _tensor_bytes(t)
+            blob_entries.append({"role": role, "dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                                 "offset": offset, "length": len(data)})
+            chunks.append(data)
+            offset += len(data)
+        entries.append({"name": p.name, "shape": p.shape, "storage": p.storage, "meta": p.meta, "blobs": blob_entries})
+    return entries, b"".join(chunks)
+
+
+def _encode_payload(header: dict, blob_section: bytes) -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return struct.pack("<I", len(head)) + head + blob_section
+
+
+def _split_payload(payload: bytes, source: str) -> tuple[dict, memoryview]:
+    if len(payload) < 4:
+        raise LmgolfError(f"{source}: corrupt payload, too short for a header")
+    (n,) = struct.unpack_from("<I", payload)
+    if 4 + n > len(payload):
+        raise LmgolfError(f"{source}: corrupt payload, header length {n} runs past the end")
+    try:
+        header = json.loads(payload[4:4 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmgolfError(f"{source}: corrupt header ({e.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise LmgolfError(f"{source}: corrupt header, expected a JSON object")
+    return header, memoryview(payload)[4 + n:]
+
+
+def _read_blob(entry: dict, blobs: memoryview, where: str) -> torch.Tensor:
+    dtype = BLOB_DTYPES.get(entry.get("dtype"))
+    shape, offset, length = entry.get("shape"), entry.get("offset"), entry.get("length")
+    if dtype is None or not _is_int_list(shape) or not isinstance(offset, int) or not isinstance(length, int):
+        raise LmgolfError(f"{where}: malformed blob entry {entry!r}")
+    numel = int(np.prod(shape, dtype=np.int64))
+    if offset < 0 or offset + length > len(blobs) or length != numel * torch.empty(0, dtype=dtype).element_size():
+        raise LmgolfError(f"{where}: blob {entry.get('role')!r} lies outside the payload or has the wrong length")
+    raw = np.frombuffer(blobs, dtype=np.uint8, count=length, offset=offset).copy()
+    return torch.from_numpy(raw).view(dtype).reshape(shape)
+
+
+def _read_tensor(entry: dict, blobs: memoryview, source: str) -> tuple[str, torch.Tensor]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise LmgolfError(f"{source}: malformed tensor entry in the header")
+    name, shape, storage = entry["name"], entry.get("shape"), entry.get("storage")
+    where = f"{source}: tensor {name}"
+    if storage not in STORAGES:
+        raise LmgolfError(f"{where}: unknown storage {storage!r} (this lmgolf knows {', '.join(STORAGES)})")
+    meta = entry.get("meta", {})
+    if not _is_int_list(shape) or not isinstance(entry.get("blobs"), list) or not isinstance(meta, dict):
+        raise LmgolfError(f"{where}: malformed tensor entry")
+    parts = {b.get("role"): _read_blob(b, blobs, where) for b in entry["blobs"] if isinstance(b, dict)}
+    try:
+        tensor = STORAGES[storage].dequantize(parts, meta, shape).reshape(shape)
+    except (KeyError, RuntimeError) as e:
+        raise LmgolfError(f"{where}: blobs do not fit storage {storage} ({e.__class__.__name__}: {e})") from None
+    return name, tensor
+
+
+def _read_tensors(entries: object, blobs: memoryview, source: str) -> dict[str, torch.Tensor]:
+    if not isinstance(entries, list):
+        raise LmgolfError(f"{source}: header field 'tensors' missing or not a list")
+    return dict(_read_tensor(e, blobs, source) for e in entries)
+
+
+def _is_int_list(x: object) -> bool:
+    return isinstance(x, list) and all(isinstance(i, int) and i >= 0 for i in x)
+
+
+def dequantized_state_dict(model: GPT, policy: PackPolicy = PackPolicy()) -> dict[str, torch.Tensor]:
+    """The float32 weights the model has after a pack/load round trip (same code path, no compression)."""
+    policy.validate()
+    entries, blob_section = _layout(_quantize_model(model, policy))
+    header, blobs = _split_payload(_encode_payload({"tensors": entries}, blob_section), "round trip")
+    return _read_tensors(header["tensors"], blobs, "round trip")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Code bytes and the report
+
+
+def code_files() -> list[Path]:
+    """The lmgolf source files that count toward the budget (those that exist in this checkout)."""
+    package = Path(__file__).parent
+    return [package / name for name in CODE_FILES if (package / name).is_file()]
+
+
+def code_bytes() -> int:
+    return sum(p.stat().st_size for p in code_files())
+
+
+@dataclass
+class PackReport:
+    path: str
+    artifact_bytes: int
+    code_bytes: int
+    total_bytes: int
+    budget: int
+    groups: list[dict]     # per parameter group: group, params, storage, raw_bytes (uncompressed blobs)
+    codec: str = "zlib"
+    header_bytes: int = 0  # the uncompressed JSON header (config, tokenizer, tensor index)
+
+    def fits(self) -> bool:
+        return self.total_bytes <= self.budget
+
+    def verdict(self) -> str:
+        status = "fits" if self.fits() else f"OVER by {self.total_bytes - self.budget:,}"
+        return (f"artifact {self.artifact_bytes:,} bytes + code {self.code_bytes:,} bytes = "
+                f"{self.total_bytes:,} bytes of budget {self.budget:,} ({status})")
+
+    def format(self) -> str:
+        lines = [f"{'group':<12}{'parameters':>14}  {'storage':<16}{'raw bytes':>14}"]
+        for g in self.groups:
+            lines.append(f"{g['group']:<12}{g['params']:>14,}  {g['storage']:<16}{g['raw_bytes']:>14,}")
+        lines.append(f"{'header':<12}{'':>14}  {'json':<16}{self.header_bytes:>14,}")
+        params = sum(g["params"] for g in self.groups)
+        raw = sum(g["raw_bytes"] for g in self.groups) + self.header_bytes
+        lines.append(f"{'total':<12}{params:>14,}  {'':<16}{raw:>14,}")
+        lines.append(f"{self.codec} payload of {raw:,} bytes -> {self.path}")
+        lines.append(self.verdict())
+        return "\n".join(lines)
+
+
+def _group_table(packed: list[_Packed]) -> list[dict]:
+    rows: dict[str, dict] = {}
+    for p in packed:
+        row = rows.setdefault(parameter_group(p.name), {"params": 0, "storages": set(), "raw_bytes": 0})
+        row["params"] += int(np.prod(p.shape, dtype=np.int64))
+        row["storages"].add(p.storage)
+        row["raw_bytes"] += sum(t.numel() * t.element_size() for t in p.blobs.values())
+    order = sorted(rows, key=lambda g: GROUPS.index(g) if g in GROUPS else len(GROUPS))
+    return [{"group": g, "params": rows[g]["params"], "storage": "+".join(sorted(rows[g]["storages"])),
+             "raw_bytes": rows[g]["raw_bytes"]} for g in order]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pack and load
+
+
+def _tokenizer_header(tokenizer) -> dict:
+    files = {name: base64.b64encode(data).decode("ascii") for name, data in tokenizer.files().items()}
+    return {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "fingerprint": tokenizer.fingerprint,
+            "files": files}
+
+
+def _policy_header(policy: PackPolicy) -> dict:
+    """The policy for the record, without the codec, so that every codec compresses the same payload."""
+    return {k: v for k, v in asdict(policy).items() if k != "codec"}
+
+
+def _container(codec_name: str, payload: bytes) -> bytes:
+    codec = CODECS[codec_name]
+    preamble = MAGIC + bytes([FORMAT_VERSION, codec.id]) + hashlib.sha256(payload).digest()
+    return preamble + codec.compress(payload)
+
+
+def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolicy = PackPolicy(),
+         budget: int = BUDGET, allow_over_budget: bool = False) -> PackReport:
+    """Writes the artifact (atomically) unless artifact + code bytes exceed the budget."""
+    policy.validate()
+    if model.cfg != cfg.model:
+        raise LmgolfError("config: the model was not built from this config's model section")
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise LmgolfError(f"tokenizer: vocabulary of {tokenizer.vocab_size} exceeds the model's {cfg.model.vocab_size}")
+    packed = _quantize_model(model, policy)
+    entries, blob_section = _layout(packed)
+    header = {"format": FORMAT_VERSION, "lmgolf_version": __version__, "config": cfg.to_dict(),
+              "tokenizer": _tokenizer_header(tokenizer), "policy": _policy_header(policy), "tensors": entries}
+    payload = _encode_payload(header, blob_section)
+    data = _container(policy.codec, payload)
+    code = code_bytes()
+    report = PackReport(str(path), len(data), code, len(data) + code, budget, _group_table(packed), policy.codec,
+                        len(payload) - 4 - len(blob_section))
+    if not report.fits() and not allow_over_budget:
+        raise LmgolfError(f"{path}: not written, {report.verdict()}; "
+                          "pass allow_over_budget (--allow-over-budget) to write it anyway")
+    atomic_write_bytes(path, data)
+    return report
+
+
+def _read_payload(path: Path) -> tuple[bytes, str]:
+    """The verified uncompressed payload and the codec name."""
+    if not path.is_file():
+        raise LmgolfError(f"{path}: no such artifact")
+    data = path.read_bytes()
+    if len(data) < PREAMBLE or not data.startswith(MAGIC):
+        raise LmgolfError(f"{path}: not an lmgolf artifact (bad magic)")
+    version, codec_id = data[len(MAGIC)], data[len(MAGIC) + 1]
+    if version != FORMAT_VERSION:
+        raise LmgolfError(f"{path}: artifact format version {version}, this lmgolf reads version {FORMAT_VERSION}")
+    found = _codec_by_id(codec_id)
+    if found is None:
+        raise LmgolfError(f"{path}: unknown codec id {codec_id}")
+    name, codec = found
+    expected = data[len(MAGIC) + 2:PREAMBLE]
+    try:
+        payload = codec.decompress(data[PREAMBLE:])
+    except ValueError as e:
+        raise LmgolfError(f"{path}: corrupt {name} payload ({e})") from None
+    if hashlib.sha256(payload).digest() != expected:
+        raise LmgolfError(f"{path}: checksum mismatch, the artifact is corrupt")
+    return payload, name
+
+
+def read_header(path: str | Path) -> dict:
+    """The artifact's JSON header (config, tokenizer, tensor index), plus `codec` and `artifact_bytes`."""
+    path = Path(path)
+    payload, codec = _read_payload(path)
+    header, _ = _split_payload(payload, str(path))
+    return {**header, "codec": codec, "artifact_bytes": path.stat().st_size}
+
+
+def _load_tokenizer(info: object, path: Path):
+    from lmgolf.tokenizers import tokenizer_from_files
+    if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
+        raise LmgolfError(f"{path}: header field 'tokenizer' missing or malformed")
+    try:
+        files = {name: base64.b64decode(text, validate=True) for name, text in info["files"].items()}
+    except (TypeError, ValueError):
+        raise LmgolfError(f"{path}: header field 'tokenizer.files' is not valid base64") from None
+    tokenizer = tokenizer_from_files(files, f"{path}: tokenizer")
+    if tokenizer.fingerprint != info.get("fingerprint"):
+        raise LmgolfError(f"{path}: the stored tokenizer does not match its fingerprint")
+    return tokenizer
+
+
+def load_artifact(path: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode with the dequantized weights, config, tokenizer, header info)."""
+    path = Path(path)
+    payload, codec = _read_payload(path)
+    header, blobs = _split_payload(payload, str(path))
+    cfg = Config.from_dict(header.get("config"), source=f"{path}: header field 'config'")
+    tokenizer = _load_tokenizer(header.get("tokenizer"), path)
+    weights = _read_tensors(header.get("tensors"), blobs, str(path))
+    model = GPT(cfg.model)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise LmgolfError(f"{path}: weights do not fit the config ({str(e).splitlines()[0]})") from None
+    info = {k: v for k, v in header.items() if k not in ("config", "tokenizer", "tensors")}
+    info.update(codec=codec, artifact_bytes=path.stat().st_size,
+                storages={e["name"]: e["storage"] for e in header["tensors"]},
+                tokenizer={k: v for k, v in header["tokenizer"].items() if k != "files"})
+    return model.to(device).eval(), cfg, tokenizer, info

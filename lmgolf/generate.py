@@ -1,0 +1,122 @@
+"""Sampling from a model: greedy, temperature, top-k and top-p, with or without a KV cache.
+
+The model never sees more than `cfg.context` tokens, the length it was trained on (a learned
+position table has no rows beyond it):
+  - without the cache, every step runs the last `context` tokens;
+  - with the cache, once it holds `context` tokens it is rebuilt from the last `context // 2`
+    tokens (one forward pass), so decoding goes on at half a window of history and refills.
+Within the context both modes compute the same logits; past it they differ, by design.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from lmgolf.errors import LmgolfError
+from lmgolf.model import GPT, KVCache
+
+
+def _check_args(prompt_ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+                top_p: float | None) -> None:
+    if len(prompt_ids) == 0:
+        raise LmgolfError("prompt_ids: need at least one token (start with the tokenizer's bos_id)")
+    if max_new_tokens < 0:
+        raise LmgolfError("max_new_tokens: must be >= 0")
+    if temperature < 0:
+        raise LmgolfError("temperature: must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise LmgolfError("top_k: must be >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise LmgolfError("top_p: must lie in (0, 1]")
+
+
+class _FullContext:
+    """Next-token logits by a full forward pass over the last `window` tokens."""
+
+    def __init__(self, model: GPT, window: int):
+        self.model, self.window = model, window
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids[-self.window:]], device=_device(self.model))
+        return self.model(x)[0, -1]
+
+
+class _Cached:
+    """Next-token logits feeding only the tokens the cache has not seen; rebuilt when the window is full."""
+
+    def __init__(self, model: GPT, window: int):
+        self.model, self.window = model, window
+        self.cache: KVCache | None = None
+        self.seen = 0  # tokens of `ids` accounted for by the cache
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        new = ids[self.seen:]
+        if self.cache is None or self.cache.length + len(new) > self.window:
+            keep = self.window if self.cache is None else max(1, self.window // 2)
+            self.cache, new = KVCache(self.model.cfg.n_layer), ids[-keep:]
+        x = torch.tensor([new], device=_device(self.model))
+        out = self.model(x, self.cache)[0, -1]
+        self.seen = len(ids)
+        return out
+
+
+def _device(model: GPT) -> torch.device:
+    return model.tok_emb.weight.device
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Top-k, then top-p (the smallest set of most likely tokens whose probability reaches p,
+    never empty); the rest get -inf."""
+    if top_k is not None and top_k < logits.numel():
+        kept = logits.topk(top_k).indices
+        logits = torch.full_like(logits, float("-inf")).index_copy(0, kept, logits[kept])
+    if top_p is not None and top_p < 1:
+        order = logits.argsort(descending=True, stable=True)
+        probs = logits[order].softmax(-1)
+        before = probs.cumsum(-1) - probs  # probability mass of the more likely tokens
+        drop = order[before >= top_p]  # the first token has before == 0 < top_p, so it is always kept
+        logits = logits.index_fill(0, drop, float("-inf"))
+    return logits
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+def stream(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+           stop_id: int | None = None) -> Iterator[int]:
+    """Yields new token ids one at a time; stops after max_new_tokens or when stop_id is sampled
+    (stop_id itself is not yielded). Arguments are checked here, before the first token."""
+    _check_args(prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    generator = torch.Generator(device=_device(model))
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    decoder = (_Cached if use_cache else _FullContext)(model, model.cfg.context)
+    return _stream(decoder, list(prompt_ids), max_new_tokens, temperature, top_k, top_p, generator, stop_id)
+
+
+@torch.no_grad()
+def _stream(decoder, ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+            top_p: float | None, generator: torch.Generator, stop_id: int | None) -> Iterator[int]:
+    for _ in range(max_new_tokens):
+        token = sample_token(decoder.logits(ids), temperature, top_k, top_p, generator)
+        if token == stop_id:
+            return
+        ids.append(token)
+        yield token
+
+
+def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+             stop_id: int | None = None) -> list[int]:
+    """The new token ids (the prompt excluded). temperature 0 is greedy; see `stream`."""
+    return list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_id))

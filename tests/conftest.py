@@ -1,0 +1,43 @@
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
+         "they you were her she there been one all we their has would when if so no will more out up into do any "
+         "time could only about than other new some what these two may first then over also after like most "
+         "king queen lord castle river mountain night morning letter window garden stranger journey").split()
+
+
+def make_text(n_words: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    lines, line = [], []
+    for i in range(n_words):
+        line.append(rng.choice(WORDS))
+        if rng.random() < 0.1:
+            lines.append(" ".join(line).capitalize() + ".")
+            line = []
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A folder of 40 small English-like documents (about 60 KB)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        (folder / f"doc{i:02d}.txt").write_text(make_text(300, seed=i))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def byte_data(small_corpus, tmp_path_factory) -> Path:
+    from lmgolf.prepare import prepare_data
+    out = tmp_path_factory.mktemp("data") / "byte"
+    prepare_data(str(small_corpus), "byte", out, val_fraction=0.1, progress=False)
+    return out
+
+
+def data_dir() -> Path | None:
+    value = os.environ.get("LMGOLF_DATA_DIR")
+    return Path(value) if value and Path(value).is_dir() else None

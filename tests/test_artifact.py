@@ -1,0 +1,256 @@
+import ast
+import hashlib
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmgolf import artifact
+from lmgolf.artifact import PackPolicy, code_bytes, code_files, dequantized_state_dict, load_artifact, pack
+from lmgolf.config import Config, ModelConfig, load_preset
+from lmgolf.count import count_module
+from lmgolf.errors import LmgolfError
+from lmgolf.model import GPT
+
+SMALL = PackPolicy(min_quant_numel=1024)  # small enough that the tiny model's matrices get int8
+
+
+class _ByteStandIn:
+    """Used only while lmgolf.tokenizers does not exist yet."""
+    kind, vocab_size, bos_id, lossy = "byte", 257, 256, False
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def files(self) -> dict[str, bytes]:
+        return {"tokenizer.json": b'{"kind": "byte"}'}
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.files()["tokenizer.json"]).hexdigest()
+
+
+@pytest.fixture
+def tokenizer(monkeypatch):
+    try:
+        from lmgolf.tokenizers import train_tokenizer
+    except ImportError:
+        fake = types.ModuleType("lmgolf.tokenizers")
+        fake.tokenizer_from_files = lambda files, source: _ByteStandIn()
+        monkeypatch.setitem(sys.modules, "lmgolf.tokenizers", fake)
+        return _ByteStandIn()
+    return train_tokenizer("byte", [])
+
+
+def tiny(vocab: int, **overrides) -> tuple[GPT, Config]:
+    fields = dict(vocab_size=vocab, n_layer=2, d_model=64, n_head=4, n_kv_head=2, context=32, mlp="relu2",
+                  tie_embeddings=False, init_std=0.05)
+    cfg = Config(model=ModelConfig(**{**fields, **overrides}))
+    torch.manual_seed(0)
+    return GPT(cfg.model).eval(), cfg
+
+
+@pytest.fixture
+def packed(tmp_path, tokenizer):
+    model, cfg = tiny(tokenizer.vocab_size)
+    path = tmp_path / "m.lmg"
+    report = pack(model, cfg, tokenizer, path, SMALL)
+    return model, cfg, path, report
+
+
+def test_round_trip_gives_the_dequantized_weights_and_their_logits(packed, tokenizer):
+    model, cfg, path, _ = packed
+    loaded, loaded_cfg, loaded_tok, info = load_artifact(path)
+    expected = dequantized_state_dict(model, SMALL)
+    got = loaded.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert loaded_cfg.to_dict() == cfg.to_dict() and not loaded.training
+    assert loaded_tok.fingerprint == tokenizer.fingerprint
+    assert {"int8-row", "fp16"} <= set(info["storages"].values()) and info["codec"] == "zlib"
+
+    reference = GPT(cfg.model).eval()
+    reference.load_state_dict(expected)
+    idx = torch.randint(0, cfg.model.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), reference(idx))
+        drift = (loaded(idx) - model(idx)).abs().max()
+    assert 0 < drift < 0.05  # quantized, but close
+
+
+def test_policy_picks_storages():
+    model, _ = tiny(100, tie_embeddings=True, output_scales=True)
+    policy = PackPolicy(min_quant_numel=4096, keep_fp16=("tok_emb.weight",), keep_fp32=("*.attn_scale",))
+    storages = {e["name"]: e["storage"] for e in artifact._layout(artifact._quantize_model(model, policy))[0]}
+    assert storages["tok_emb.weight"] == "fp16"
+    assert storages["blocks.0.attn_scale"] == "fp32"
+    assert storages["blocks.0.mlp.up.weight"] == "int8-row"  # 256 x 64
+    assert storages["blocks.0.attn.k.weight"] == "fp16"      # 32 x 64 < 4096
+    assert storages["blocks.0.attn_norm.weight"] == "fp16"
+
+
+def test_row_quantile_matches_torch_quantile():
+    w = torch.randn(7, 1000).abs()
+    for q in (0.5, 0.9, 0.9999984, 1.0):
+        assert torch.allclose(artifact.row_quantile(w, q), torch.quantile(w, q, dim=1), rtol=1e-6, atol=0)
+
+
+def test_int8_rows_are_within_half_a_step_where_unclipped():
+    torch.manual_seed(1)
+    w = torch.randn(64, 4096) * torch.logspace(-4, 1, 64)[:, None]
+    w[3, 17] = 100.0  # an outlier that the quantile clips
+    w[5] = 0.0        # an all-zero row
+    policy = PackPolicy(clip_quantile=0.999)
+    blobs, _ = artifact.STORAGES["int8-row"].quantize(w, policy)
+    restored = artifact.STORAGES["int8-row"].dequantize(blobs, {}, list(w.shape))
+    step = blobs["scale"].float()[:, None]
+    clip = artifact.row_quantile(w.abs(), policy.clip_quantile)[:, None]
+    unclipped = w.abs() <= clip
+    assert blobs["q"].dtype == torch.int8 and blobs["scale"].dtype == torch.float16
+    assert ((restored - w).abs() <= step / 2 * (1 + 1e-6))[unclipped].all()
+    assert not unclipped[3, 17] and restored[3, 17] <= clip[3] * (1 + 1e-3)
+    assert torch.equal(restored[5], torch.zeros(4096))
+
+
+def test_every_codec_stores_the_same_payload(tmp_path, tokenizer):
+    model, cfg = tiny(tokenizer.vocab_size)
+    sizes, payloads = {}, {}
+    for codec in artifact.CODECS:
+        path = tmp_path / f"{codec}.lmg"
+        report = pack(model, cfg, tokenizer, path, PackPolicy(codec=codec, min_quant_numel=1024))
+        sizes[codec] = report.artifact_bytes == path.stat().st_size and report.artifact_bytes
+        payloads[codec] = artifact._read_payload(path)[0]
+        assert load_artifact(path)[3]["codec"] == codec
+    assert len(set(payloads.values())) == 1
+    assert len(set(sizes.values())) == len(sizes)
+
+
+def _corrupt(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_corrupt_artifacts_are_refused_naming_the_file(packed, tmp_path):
+    _, _, path, _ = packed
+    good = path.read_bytes()
+    bad = tmp_path / "bad.lmg"
+    variants = {
+        "bad magic": b"NOTLMG\x00" + good[7:],
+        "future version": good[:7] + b"\x09" + good[8:],
+        "unknown codec id": good[:8] + b"\x63" + good[9:],
+        "wrong codec id": good[:8] + bytes([artifact.CODECS["lzma"].id]) + good[9:],
+        "truncated": good[:-20],
+        "too short": good[:12],
+        "empty": b"",
+    }
+    for pos in (20, artifact.PREAMBLE, artifact.PREAMBLE + 5, len(good) // 2, len(good) - 1):
+        variants[f"flipped byte {pos}"] = good[:pos] + bytes([good[pos] ^ 0xFF]) + good[pos + 1:]
+    for what, data in variants.items():
+        with pytest.raises(LmgolfError, match="bad.lmg") as err:
+            load_artifact(_corrupt(bad, data))
+        assert "\n" not in str(err.value), what
+    with pytest.raises(LmgolfError, match="missing.lmg"):
+        load_artifact(tmp_path / "missing.lmg")
+
+
+def test_payload_damage_behind_a_valid_checksum_is_refused(packed, tmp_path):
+    _, _, path, _ = packed
+    payload, _ = artifact._read_payload(path)
+    header, blobs = artifact._split_payload(payload, "x")
+    header["tensors"][0]["blobs"][0]["length"] += 1
+    forged = tmp_path / "forged.lmg"
+    forged.write_bytes(artifact._container("zlib", artifact._encode_payload(header, bytes(blobs))))
+    with pytest.raises(LmgolfError, match="forged.lmg: tensor .*wrong length"):
+        load_artifact(forged)
+    header["tensors"][0]["blobs"][0]["length"] -= 1
+    header["tensors"][0]["storage"] = "int3-magic"
+    forged.write_bytes(artifact._container("zlib", artifact._encode_payload(header, bytes(blobs))))
+    with pytest.raises(LmgolfError, match="unknown storage 'int3-magic'"):
+        load_artifact(forged)
+
+
+def test_over_budget_is_refused_unless_allowed(tmp_path, tokenizer):
+    model, cfg = tiny(tokenizer.vocab_size)
+    path = tmp_path / "big.lmg"
+    with pytest.raises(LmgolfError, match="big.lmg: not written.*OVER by"):
+        pack(model, cfg, tokenizer, path, budget=1000)
+    assert list(tmp_path.iterdir()) == []
+    report = pack(model, cfg, tokenizer, path, budget=1000, allow_over_budget=True)
+    assert path.is_file() and not report.fits()
+    assert f"OVER by {report.total_bytes - 1000:,}" in report.format()
+
+
+def test_report_table_adds_up(packed):
+    model, _, path, report = packed
+    assert sum(g["params"] for g in report.groups) == count_module(model).params
+    assert report.total_bytes == report.artifact_bytes + report.code_bytes == path.stat().st_size + code_bytes()
+    assert report.fits() and report.format().endswith("(fits)")
+    assert [g["group"] for g in report.groups][:1] == ["embedding"]
+    assert "int8-row" in {g["storage"] for g in report.groups}
+
+
+def test_pack_refuses_bad_inputs(tmp_path, tokenizer):
+    model, cfg = tiny(tokenizer.vocab_size)
+    with pytest.raises(LmgolfError, match="codec"):
+        pack(model, cfg, tokenizer, tmp_path / "a.lmg", PackPolicy(codec="gzip"))
+    with pytest.raises(LmgolfError, match="clip_quantile"):
+        pack(model, cfg, tokenizer, tmp_path / "a.lmg", PackPolicy(clip_quantile=0))
+    _, other = tiny(tokenizer.vocab_size, n_layer=3)
+    with pytest.raises(LmgolfError, match="config"):
+        pack(model, other, tokenizer, tmp_path / "a.lmg")
+    small, small_cfg = tiny(50)
+    with pytest.raises(LmgolfError, match="tokenizer"):
+        pack(small, small_cfg, tokenizer, tmp_path / "a.lmg")
+    with torch.no_grad():
+        model.blocks[0].attn.q.weight[0, 0] = float("nan")
+    with pytest.raises(LmgolfError, match="blocks.0.attn.q.weight: contains NaN"):
+        pack(model, cfg, tokenizer, tmp_path / "a.lmg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_code_files_are_the_loading_and_scoring_sources():
+    names = {p.name for p in code_files()}
+    assert {"artifact.py", "model.py", "config.py", "errors.py", "runfiles.py", "__init__.py"} <= names
+    assert "train.py" not in names and "cli.py" not in names
+    assert code_bytes() == sum(p.stat().st_size for p in code_files())
+
+
+def _lmgolf_modules_imported(path: Path) -> set[str]:
+    """Names of the lmgolf modules (files in the package) that a source file imports anywhere."""
+    package = Path(artifact.__file__).parent
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "lmgolf":
+            names |= {f"lmgolf.{a.name}" for a in node.names}  # from lmgolf import model
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    modules = {n.split(".")[1] for n in names if n.startswith("lmgolf.")}
+    return {m for m in modules if (package / f"{m}.py").is_file()}
+
+
+def test_code_files_are_closed_under_lmgolf_imports():
+    counted = {p.stem for p in code_files()}
+    for path in code_files():
+        missing = _lmgolf_modules_imported(path) - counted
+        assert not missing, f"{path.name} imports lmgolf modules that CODE_FILES leaves out: {sorted(missing)}"
+
+
+def test_pg_baseline_random_init_fits_the_budget(tmp_path, tokenizer):
+    cfg = load_preset("pg-baseline")
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    tok = tokenizer if tokenizer.vocab_size <= cfg.model.vocab_size else _ByteStandIn()
+    start = time.perf_counter()
+    report = pack(model, cfg, tok, tmp_path / "pg.lmg", PackPolicy(codec="zlib"))
+    seconds = time.perf_counter() - start
+    print(f"\npg-baseline, random init, packed in {seconds:.1f} s\n{report.format()}")
+    assert sum(g["params"] for g in report.groups) == count_module(model).params
+    assert report.total_bytes < 17_500_000

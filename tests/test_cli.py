@@ -1,0 +1,124 @@
+"""The command line end to end, and every bad input: a one-line error, exit code 2, nothing half-written."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmgolf.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lmgolf: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def pipeline(small_corpus, tmp_path_factory):
+    """data prepare -> train -> pack, through the CLI, with a char tokenizer."""
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["data", "prepare", "--corpus", str(small_corpus), "--tokenizer", "char", "--out", str(root / "data")]) == 0
+    assert main(["train", "--preset", "cpu-demo", "--data", str(root / "data"), "--out", str(root / "run"), "--max-steps", "4",
+                 "--quiet", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.context=32",
+                 "train.batch_tokens=128", "train.micro_batch=4"]) == 0
+    assert main(["pack", str(root / "run")]) == 0
+    return root
+
+
+def test_eval_pack_generate(pipeline, capsys):
+    code, out, _ = run(capsys, "eval", pipeline / "run", "--stride", 16, "--quiet")
+    assert code == 0
+    direct = json.loads(out.splitlines()[-1])
+    code, out, _ = run(capsys, "eval", pipeline / "run" / "model.lmg", "--stride", 16, "--quiet")
+    assert code == 0
+    packed = json.loads(out.splitlines()[-1])
+    assert packed["tokens"] == direct["tokens"] and packed["bytes"] == direct["bytes"]
+    assert abs(packed["bpb"] - direct["bpb"]) < 0.05
+    code, out, _ = run(capsys, "generate", pipeline / "run" / "model.lmg", "--prompt", "The ", "--max-new-tokens", 20)
+    assert code == 0 and out.startswith("The ")
+    code, out, _ = run(capsys, "count", "--preset", "pg-baseline")
+    assert code == 0 and "17,059,912" in out
+
+
+def test_missing_corpus(capsys, tmp_path):
+    code, _, err = run(capsys, "data", "prepare", "--corpus", tmp_path / "nope.txt", "--tokenizer", "byte", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "nope.txt")
+    assert not (tmp_path / "d").exists()
+
+
+def test_empty_corpus(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    code, _, err = run(capsys, "data", "prepare", "--corpus", tmp_path / "empty.txt", "--tokenizer", "byte", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "empty.txt")
+    assert not (tmp_path / "d").exists()
+
+
+def test_unknown_preset(capsys, tmp_path, byte_data):
+    code, _, err = run(capsys, "train", "--preset", "gpt-17", "--data", byte_data, "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "unknown preset 'gpt-17'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_config_key(capsys, tmp_path, byte_data):
+    code, _, err = run(capsys, "train", "--preset", "cpu-demo", "--data", byte_data, "--out", tmp_path / "r", "model.depth=3")
+    assert_one_line_error(code, err, "model.depth")
+    assert not (tmp_path / "r").exists()
+
+
+def test_wrong_value_type(capsys, tmp_path, byte_data):
+    code, _, err = run(capsys, "count", "--preset", "cpu-demo", "model.n_layer=four")
+    assert_one_line_error(code, err, "model.n_layer", "expected int")
+
+
+def test_missing_data_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--preset", "cpu-demo", "--data", tmp_path / "nodata", "--out", tmp_path / "r")
+    assert_one_line_error(code, err, "nodata")
+    assert not (tmp_path / "r").exists()
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupted_shard(capsys, tmp_path, byte_data):
+    data = _copy(byte_data, tmp_path / "data")
+    shard = data / "train.bin"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    code, _, err = run(capsys, "train", "--preset", "cpu-demo", "--data", data, "--out", tmp_path / "r", "--max-steps", 1)
+    assert_one_line_error(code, err, "train.bin")
+
+
+def test_corrupted_checkpoint(capsys, tmp_path, pipeline):
+    run_dir = _copy(pipeline / "run", tmp_path / "run")
+    weights = run_dir / "checkpoint" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-5] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    code, _, err = run(capsys, "eval", run_dir, "--quiet")
+    assert_one_line_error(code, err, "model.safetensors", "checksum")
+
+
+def test_corrupted_artifact(capsys, tmp_path, pipeline):
+    artifact = tmp_path / "model.lmg"
+    raw = bytearray((pipeline / "run" / "model.lmg").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(raw))
+    code, _, err = run(capsys, "eval", artifact, "--data", pipeline / "data", "--quiet")
+    assert_one_line_error(code, err, "model.lmg")
+
+
+def test_resume_without_checkpoint(capsys, tmp_path, byte_data):
+    code, _, err = run(capsys, "train", "--data", byte_data, "--out", tmp_path / "r", "--resume")
+    assert_one_line_error(code, err, "no checkpoint")
