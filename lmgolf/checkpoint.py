@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmgolf.config import Config
@@ -71,7 +71,7 @@ def _load_verified(path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
         raise LmgolfError(f"{path}: checksum mismatch, the file is corrupt")
     try:
         return load_file(str(path))
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise LmgolfError(f"{path}: unreadable safetensors file ({e})") from None
 
 

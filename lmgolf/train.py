@@ -150,8 +150,6 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if not math.isfinite(train_loss):
             raise LmgolfError(f"training diverged: the loss is {train_loss} at step {step}; stopped without saving, "
                               f"the last checkpoint in {out_dir / CHECKPOINT_DIR} is intact (try a lower learning rate)")
-        if on_step is not None:
-            on_step(step)
         tok_s = tokens_per_step / step_seconds
         if ddp.is_main:
             bar.n = min(100.0, round(100 * budget_progress(cfg, step, elapsed), 1))
@@ -164,6 +162,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             last_val = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
             _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
+        if on_step is not None:
+            on_step(step)
     bar.close()
     _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
     final = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress) or last_val
