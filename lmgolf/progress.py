@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 
 def progress_bar(total: float | None = None, desc: str = "", unit: str = "it", disable: bool = False) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=disable,
+    """A bar on an interactive terminal; nothing when stderr is a file or a pipe (logs stay readable)."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=True if disable else None,
                 file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=0.5)
 
 

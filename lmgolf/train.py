@@ -155,6 +155,9 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             bar.n = min(100.0, round(100 * budget_progress(cfg, step, elapsed), 1))
             bar.set_postfix(step=step, loss=f"{train_loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             bar.refresh()
+            if bar.disable and progress and int(10 * fraction) < int(10 * budget_progress(cfg, step, elapsed)):
+                print(f"step {step}: loss {train_loss:.4f}, {tok_s:,.0f} tokens/s, {elapsed:.0f} s, "
+                      f"{budget_progress(cfg, step, elapsed):.0%} of the budget", flush=True)
             if step % cfg.train.log_every == 0 or step == 1:
                 log.write(step=step, loss=train_loss, lr_mult=lr_multiplier(fraction, cfg.train), elapsed=elapsed,
                           tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token)
