@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmgolf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: the context, no overlap)")
     ev.add_argument("--max-tokens", type=int, default=None, help="score only this prefix of the validation split")
     ev.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"])
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in corpus: prepare, train, pack, score, generate")
@@ -168,14 +173,14 @@ def cmd_eval(args) -> None:
     from lmgolf.data import DataFolder
     from lmgolf.device import pick_dtype
     from lmgolf.evaluate import evaluate
-    model, cfg, tokenizer, data_path = _load_any(args.path, args.data)
+    model, cfg, tokenizer, data_path = _load_any(args.path, args.data, device=args.device)
     data = DataFolder(data_path)
     if tokenizer.fingerprint != data.fingerprint:
         raise LmgolfError(f"{data.path}: tokenized with a different tokenizer than {args.path}")
     tokens, nbytes = data.val_tokens_and_bytes()
-    dtype = pick_dtype(args.dtype, model.tok_emb.weight.device)
+    device = model.tok_emb.weight.device
     result = evaluate(model, tokens, nbytes, cfg.model.context, stride=args.stride, max_tokens=args.max_tokens,
-                      dtype=dtype, progress=not args.quiet)
+                      device=device, dtype=pick_dtype(args.dtype, device), progress=not args.quiet)
     print(result.format())
     print(json.dumps(result.as_dict()))
 
@@ -194,7 +199,7 @@ def cmd_pack(args) -> None:
 
 def cmd_generate(args) -> None:
     from lmgolf.generate import generate
-    model, cfg, tokenizer, _ = _load_any(args.path, None, need_data=False)
+    model, cfg, tokenizer, _ = _load_any(args.path, None, need_data=False, device=args.device)
     prompt = tokenizer.encode(args.prompt) if args.prompt else []
     ids = [tokenizer.bos_id] + prompt
     new = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -208,17 +213,19 @@ def cmd_demo(args) -> None:
              vocab_size=args.vocab_size)
 
 
-def _load_any(path: str, data: str | None, need_data: bool = True):
+def _load_any(path: str, data: str | None, need_data: bool = True, device: str = "auto"):
     """(model, config, tokenizer, data folder) from a run folder or a .lmg artifact."""
+    from lmgolf.device import pick_device
     from lmgolf.tokenizers import load_tokenizer
+    device = pick_device(device)
     p = Path(path)
     if p.is_file():
         from lmgolf.artifact import load_artifact
-        model, cfg, tokenizer, _ = load_artifact(p)
+        model, cfg, tokenizer, _ = load_artifact(p, device=device)
         run_dir = p.parent
     elif p.is_dir():
         from lmgolf.checkpoint import load_model
-        model, cfg = load_model(p)
+        model, cfg = load_model(p, device=device)
         tokenizer = load_tokenizer(p / "tokenizer")
         run_dir = p
     else:

@@ -203,8 +203,9 @@ def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, lo
 
 
 def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist) -> None:
-    if ddp.is_main:
-        save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed)
+    if ddp.is_main:  # the sampler is a pure function of (seed, step): the step is the data position
+        position = {"sampler": "WindowSampler", "seed": cfg.train.seed, "next_step": step}
+        save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed, extra={"data_position": position})
     if ddp.world_size > 1:
         dist.barrier()
 
