@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from lmgolf.errors import LmgolfError
+from lmgolf.runfiles import sha256_file as file_sha256
 
 DOC_SEPARATOR = "<|endoftext|>"
 DATA_DIR_ENV = "LMGOLF_DATA_DIR"
@@ -428,14 +429,6 @@ REMOTE_CORPORA: dict[str, tuple[RemoteFile, ...]] = {
                    "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0", 449_945),
     ),
 }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_verified(url: str, destination: Path, expected: RemoteFile) -> None:

@@ -26,6 +26,7 @@ from lmgolf import __version__
 from lmgolf.corpora import DATA_DIR_ENV, Corpus, file_sha256, load_corpus
 from lmgolf.errors import LmgolfError
 from lmgolf.progress import progress_bar
+from lmgolf.runfiles import atomic_write_text
 from lmgolf.shards import ShardWriter, dtype_for_vocab, read_pg_shard, write_shard
 
 DATA_FORMAT = "lmgolf-data"
@@ -88,9 +89,7 @@ def replace_folder(new: Path, out: Path) -> None:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------- tokenizing a corpus

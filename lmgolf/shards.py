@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lmgolf.errors import LmgolfError
+from lmgolf.runfiles import atomic_write_bytes
 
 MAGIC = b"LMGSHARD"
 VERSION = 1
@@ -201,16 +202,7 @@ def write_pg_shard(path: str | Path, tokens: np.ndarray) -> None:
         raise LmgolfError(f"{path}: Parameter Golf shards hold uint16 tokens")
     header = np.zeros(PG_HEADER_INTS, dtype="<i4")
     header[:3] = (PG_MAGIC, PG_VERSION, tokens.size)
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(header.tobytes())
-            file.write(tokens.astype("<u2").tobytes())
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
+    atomic_write_bytes(path, header.tobytes() + tokens.astype("<u2").tobytes())
 
 
 def read_pg_shard(path: str | Path) -> np.memmap:
