@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from lmgolf.device import autocast
@@ -58,10 +59,11 @@ def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int
 @torch.no_grad()
 def evaluate(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, stride: int | None = None,
              max_tokens: int | None = None, batch_size: int | None = None, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32, progress: bool = True) -> EvalResult:
+             dtype: torch.dtype = torch.float32, progress: bool = True, rank: int = 0, world_size: int = 1) -> EvalResult:
+    """Under torchrun, each process scores every world_size-th window and the sums are all-reduced."""
     stride = stride or context
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
-    plan = window_plan(n, context, stride)
+    plan = window_plan(n, context, stride)[rank::world_size]
     vocab = model.cfg.vocab_size
     batch_size = batch_size or max(1, min(64, (1 << 24) // (context * vocab)))
     device = torch.device(device)
@@ -70,13 +72,17 @@ def evaluate(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, stride
     started = time.perf_counter()
     total_nats = 0.0
     total_bytes = int(np.asarray(nbytes[1:n], dtype=np.int64).sum())
-    bar = progress_bar(total=n - 1, desc="eval", unit="tok", disable=not progress)
+    bar = progress_bar(total=sum(end - first + 1 for _, end, first in plan), desc="eval", unit="tok", disable=not progress)
     for i in range(0, len(plan), batch_size):  # every window has min(context, n - 1) inputs
         windows = plan[i:i + batch_size]
         total_nats += _score_windows(model, tokens, windows, device, dtype)
         bar.update(sum(end - first + 1 for _, end, first in windows))
     bar.close()
     model.train(was_training)
+    if world_size > 1:
+        summed = torch.tensor([total_nats], dtype=torch.float64, device=device)
+        dist.all_reduce(summed)
+        total_nats = float(summed.item())
     scored = n - 1
     loss = total_nats / max(scored, 1)
     return EvalResult(tokens=scored, bytes=total_bytes, loss=loss, bpb=total_nats / math.log(2) / max(total_bytes, 1),

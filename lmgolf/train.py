@@ -120,7 +120,6 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
               f"{ddp.world_size} process(es), {tokens_per_step:,} tokens/step = {plan.micro_batch} x {plan.accum_steps} accum "
               f"x {ddp.world_size} x {cfg.model.context}", flush=True)
     bar = progress_bar(total=100, desc="train", unit="%", disable=not (progress and ddp.is_main))
-    last_val = None
     while True:
         fraction = budget_progress(cfg, step, elapsed)
         if _agree_to_stop(fraction >= 1, ddp, device):
@@ -162,16 +161,16 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
                 log.write(step=step, loss=train_loss, lr_mult=lr_multiplier(fraction, cfg.train), elapsed=elapsed,
                           tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
-            last_val = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
+            _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
             _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
         if on_step is not None:
             on_step(step)
     bar.close()
     _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
-    final = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress) or last_val
+    final = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress)
     summary = {"steps": step, "tokens": step * tokens_per_step, "elapsed": elapsed,
-               "val_loss": final.loss if final else None, "val_bpb": final.bpb if final else None}
+               "val_loss": final.loss, "val_bpb": final.bpb}
     if ddp.is_main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -190,15 +189,12 @@ def _write_run_folder(out_dir: Path, cfg: Config, data: DataFolder, ddp: Dist, d
 
 def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, log: MetricsLog, step: int,
               max_tokens: int | None, progress: bool = False):
-    result = None
+    tokens, nbytes = data.val_tokens_and_bytes()
+    result = evaluate(model, tokens, nbytes, cfg.model.context, max_tokens=max_tokens, device=device, dtype=dtype,
+                      progress=progress and ddp.is_main, rank=ddp.rank, world_size=ddp.world_size)
     if ddp.is_main:
-        tokens, nbytes = data.val_tokens_and_bytes()
-        result = evaluate(model, tokens, nbytes, cfg.model.context, max_tokens=max_tokens, device=device,
-                          dtype=dtype, progress=progress)
         log.write(step=step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens)
         print(f"step {step}: {result.format()}", flush=True)
-    if ddp.world_size > 1:
-        dist.barrier()
     return result
 
 

@@ -103,3 +103,5 @@ def test_two_processes_match_one_at_the_same_global_batch(byte_data, tmp_path):
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) == 3
     assert one == pytest.approx(two, rel=1e-5)
+    val_one, val_two = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("one", "two"))
+    assert val_two["val_loss"] == pytest.approx(val_one["val_loss"], rel=1e-5)  # each rank scored half the windows
