@@ -29,13 +29,18 @@ class ModelConfig:
     context: int = 1024                 # training sequence length; the learned position table size
     positions: str = "rope"             # rope | learned | none
     rope_base: float = 10000.0
+    rope_dims: int | None = None        # partial RoPE: rotate only the first rope_dims of each head (None: all)
+    nope_every: int = 0                 # every k-th layer (k, 2k, ...) has no positional encoding (SmolLM3); 0: off
     norm: str = "rmsnorm"               # rmsnorm | layernorm (always pre-norm)
     norm_gain: bool = True              # learned per-channel gain in every norm
     norm_eps: float = 1e-5
+    norm_position: str = "pre"          # pre: x + f(norm(x)) | post: norm(x + f(x)), without a final norm
+    ln_scale: bool = False              # each block's norm outputs times 1/sqrt(layer index + 1)
     embed_norm: bool = False            # normalize the token embedding before the first block
     qk_norm: bool = False               # gain-free RMSNorm of queries and keys, per head
     q_gain: float | None = None         # learned per-head query gain, with this initial value
-    mlp: str = "swiglu"                 # gelu | swiglu | relu2
+    mlp: str = "swiglu"                 # gelu | swiglu | relu2 | leaky_relu2
+    leaky_slope: float = 0.5            # negative slope of leaky_relu2
     mlp_mult: float = 4.0               # hidden = mlp_mult * d_model, unless mlp_hidden is set
     mlp_hidden: int | None = None
     bias: bool = False                  # biases in linear layers and LayerNorm
@@ -62,7 +67,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         choices = {"positions": ("rope", "learned", "none"), "norm": ("rmsnorm", "layernorm"),
-                   "mlp": ("gelu", "swiglu", "relu2")}
+                   "norm_position": ("pre", "post"), "mlp": ("gelu", "swiglu", "relu2", "leaky_relu2")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LmgolfError(f"config field model.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -75,6 +80,13 @@ class ModelConfig:
             raise LmgolfError(f"config fields model.n_head and model.n_kv_head: {self.n_head} heads cannot be grouped into {self.kv_heads}")
         if self.positions == "rope" and self.head_size % 2:
             raise LmgolfError("config fields model.positions and model.head_dim: RoPE needs an even head size")
+        if self.rope_dims is not None and not (0 < self.rope_dims <= self.head_size and self.rope_dims % 2 == 0):
+            raise LmgolfError(f"config fields model.rope_dims and model.head_dim: rope_dims must be even and in "
+                              f"(0, {self.head_size}], got {self.rope_dims}")
+        if (self.rope_dims is not None or self.nope_every) and self.positions != "rope":
+            raise LmgolfError("config fields model.rope_dims/model.nope_every and model.positions: they need positions=rope")
+        if self.nope_every < 0:
+            raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:
             raise LmgolfError("config fields model.q_gain and model.qk_norm: the query gain needs qk_norm=true")
 

@@ -30,11 +30,13 @@ class Norm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE: rotate pairs (i, i + d/2) of each head's dimensions by position-dependent angles."""
+    """RoPE: rotate pairs (i, i + d/2) of the first d = `dims` dimensions of each head by
+    position-dependent angles; the other head dimensions pass through (partial RoPE)."""
 
-    def __init__(self, head_dim: int, base: float):
+    def __init__(self, dims: int, base: float):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.dims = dims
+        inv_freq = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -42,8 +44,9 @@ class Rotary(nn.Module):
         t = torch.arange(start, start + x.size(-2), device=x.device, dtype=torch.float32)
         angles = torch.outer(t, self.inv_freq)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        rotated, rest = x[..., :self.dims], x[..., self.dims:]
+        x1, x2 = rotated.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1)
 
 
 class KVCache:
@@ -62,7 +65,7 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_size
         self.q = nn.Linear(cfg.d_model, self.n_head * self.hd, bias=cfg.bias)
@@ -71,7 +74,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_head * self.hd, cfg.d_model, bias=cfg.bias)
         self.qk_norm = cfg.qk_norm
         self.q_gain = nn.Parameter(torch.full((self.n_head,), cfg.q_gain)) if cfg.q_gain is not None else None
-        self.rotary = Rotary(self.hd, cfg.rope_base) if cfg.positions == "rope" else None
+        nope_layer = cfg.nope_every and (layer + 1) % cfg.nope_every == 0
+        use_rope = cfg.positions == "rope" and not nope_layer
+        self.rotary = Rotary(cfg.rope_dims or self.hd, cfg.rope_base) if use_rope else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
@@ -101,7 +106,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.kind = cfg.mlp
+        self.kind, self.slope = cfg.mlp, cfg.leaky_slope
         self.up = nn.Linear(cfg.d_model, cfg.hidden, bias=cfg.bias)
         self.gate = nn.Linear(cfg.d_model, cfg.hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
         self.proj = nn.Linear(cfg.hidden, cfg.d_model, bias=cfg.bias)
@@ -111,17 +116,21 @@ class MLP(nn.Module):
             h = F.silu(self.gate(x)) * self.up(x)
         elif self.kind == "relu2":
             h = F.relu(self.up(x)).square()
+        elif self.kind == "leaky_relu2":
+            h = F.leaky_relu(self.up(x), self.slope).square()
         else:
             h = F.gelu(self.up(x))
         return self.proj(h)
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         norm = lambda: Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps)  # noqa: E731
-        self.attn_norm, self.attn = norm(), Attention(cfg)
+        self.attn_norm, self.attn = norm(), Attention(cfg, layer)
         self.mlp_norm, self.mlp = norm(), MLP(cfg)
+        self.post_norm = cfg.norm_position == "post"
+        self.norm_scale = 1 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.attn_scale = nn.Parameter(torch.ones(cfg.d_model)) if cfg.output_scales else None
         self.mlp_scale = nn.Parameter(torch.ones(cfg.d_model)) if cfg.output_scales else None
         # resid_mix[0] weighs the residual stream, resid_mix[1] the embedding stream x0
@@ -131,10 +140,18 @@ class Block(nn.Module):
         if self.resid_mix is not None:
             mix = self.resid_mix.to(x.dtype)
             x = mix[0] * x + mix[1] * x0
-        a = self.attn(self.attn_norm(x), cache, layer)
-        x = x + (a * self.attn_scale.to(a.dtype) if self.attn_scale is not None else a)
-        m = self.mlp(self.mlp_norm(x))
-        return x + (m * self.mlp_scale.to(m.dtype) if self.mlp_scale is not None else m)
+        if self.post_norm:  # the original Transformer: normalize after each residual addition
+            x = self._norm(self.attn_norm, x + self._scaled(self.attn(x, cache, layer), self.attn_scale))
+            return self._norm(self.mlp_norm, x + self._scaled(self.mlp(x), self.mlp_scale))
+        x = x + self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer), self.attn_scale)
+        return x + self._scaled(self.mlp(self._norm(self.mlp_norm, x)), self.mlp_scale)
+
+    def _norm(self, norm: Norm, x: torch.Tensor) -> torch.Tensor:
+        return norm(x) * self.norm_scale if self.norm_scale != 1.0 else norm(x)
+
+    @staticmethod
+    def _scaled(y: torch.Tensor, scale: nn.Parameter | None) -> torch.Tensor:
+        return y * scale.to(y.dtype) if scale is not None else y
 
 
 class GPT(nn.Module):
@@ -144,11 +161,12 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.n_encoder = cfg.n_layer // 2 if cfg.unet_skips else 0
         n_skips = min(self.n_encoder, cfg.n_layer - self.n_encoder)
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.d_model)) if cfg.unet_skips else None
-        self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps)
+        pre_norm = cfg.norm_position == "pre"
+        self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps) if pre_norm else None
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
 
@@ -189,7 +207,8 @@ class GPT(nn.Module):
                 skips.append(x)
         if cache is not None:
             cache.length += idx.size(1)
-        x = self.final_norm(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
         logits = logits.float()
         if self.cfg.logit_softcap:

@@ -23,6 +23,10 @@ def test_all_presets_load_and_round_trip():
     (["model.n_kv_head=3"], "model.n_head and model.n_kv_head"),
     (["train.optimizer=sgd"], "train.optimizer"),
     (["n_layer"], "expected key=value"),
+    (["model.rope_dims=3"], "model.rope_dims"),
+    (["model.rope_dims=128"], "model.rope_dims"),
+    (["model.positions=learned", "model.nope_every=2"], "positions=rope"),
+    (["model.norm_position=middle"], "model.norm_position"),
 ])
 def test_bad_overrides_name_the_field(override, fragment):
     with pytest.raises(LmgolfError, match=None) as e:

@@ -37,6 +37,8 @@ VARIANTS = [
     dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2", logit_softcap=30.0),
     dict(tie_embeddings=False, unet_skips=True, n_layer=5, resid_mix=True, output_scales=True, embed_norm=True),
     dict(positions="none", n_kv_head=1, bias=True, norm="layernorm", zero_init_proj=True),
+    dict(rope_dims=4, nope_every=2, n_layer=4, ln_scale=True, mlp="leaky_relu2"),
+    dict(norm_position="post", norm="layernorm", mlp="gelu", positions="learned"),
 ]
 
 
@@ -74,9 +76,10 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-def test_tiny_model_overfits():
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-2:]])
+def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
-    cfg = tiny(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2")
+    cfg = tiny(**kw)
     model = GPT(cfg)
     x = torch.randint(0, cfg.vocab_size, (4, cfg.context + 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -101,3 +104,46 @@ def test_same_seed_same_weights():
 def test_overrides_reach_the_model():
     cfg = load_config("pg-baseline", ["model.n_layer=4", "d_model=256", "train.seed=7"])
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.train.seed) == (4, 256, 7)
+
+
+def reference_rope(x, dims, base=10000.0):
+    """RoPE written independently: pairs (j, j + dims/2) of the first `dims` dimensions as complex numbers."""
+    t = torch.arange(x.size(-2), dtype=torch.float64)
+    freqs = base ** (-torch.arange(0, dims, 2, dtype=torch.float64) / dims)
+    rot = torch.polar(torch.ones(len(t), dims // 2, dtype=torch.float64), torch.outer(t, freqs))
+    half = dims // 2
+    z = torch.complex(x[..., :half].double(), x[..., half:dims].double()) * rot
+    return torch.cat((z.real, z.imag, x[..., dims:].double()), dim=-1).float()
+
+
+@pytest.mark.parametrize("dims", [8, 4, 2])
+def test_rope_and_partial_rope_match_a_reference(dims):
+    from lmgolf.model import Rotary
+    x = torch.randn(2, 3, 11, 8)
+    assert torch.allclose(Rotary(dims, 10000.0)(x), reference_rope(x, dims), atol=1e-5)
+
+
+def test_nope_every_k_layers_drops_rotary_there():
+    model = GPT(tiny(n_layer=6, nope_every=3, rope_dims=4))
+    assert [b.attn.rotary is None for b in model.blocks] == [False, False, True, False, False, True]
+    assert model.blocks[0].attn.rotary.dims == 4
+
+
+def test_ln_scale_and_post_norm_structure():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=3, ln_scale=True))
+    assert [b.norm_scale for b in model.blocks] == pytest.approx([1.0, 2 ** -0.5, 3 ** -0.5])
+    post = GPT(tiny(norm_position="post"))
+    assert post.final_norm is None
+    x = torch.randn(1, 5, 32)
+    block = post.blocks[0]
+    h = block.attn_norm(x + block.attn(x))
+    assert torch.allclose(block(x, x), block.mlp_norm(h + block.mlp(h)), atol=1e-6)
+
+
+def test_leaky_relu2_formula():
+    from lmgolf.model import MLP
+    mlp = MLP(tiny(mlp="leaky_relu2", leaky_slope=0.5))
+    x = torch.randn(4, 32)
+    u = mlp.up(x)
+    assert torch.allclose(mlp(x), mlp.proj(torch.where(u > 0, u, 0.5 * u) ** 2), atol=1e-6)
