@@ -46,6 +46,8 @@ class ModelConfig:
     bias: bool = False                  # biases in linear layers and LayerNorm
     tie_embeddings: bool = True
     logit_softcap: float | None = None  # logits <- c * tanh(logits / c)
+    exclusive_attn: bool = False        # remove each attention output's component along its own token's value
+    parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
     unet_skips: bool = False            # first half of the blocks push, second half add (learned weights)
     resid_mix: bool = False             # each block mixes its input with the embedding stream x0 (learned)
     output_scales: bool = False         # learned per-channel scales on attention and MLP outputs
@@ -85,6 +87,10 @@ class ModelConfig:
                               f"(0, {self.head_size}], got {self.rope_dims}")
         if (self.rope_dims is not None or self.nope_every) and self.positions != "rope":
             raise LmgolfError("config fields model.rope_dims/model.nope_every and model.positions: they need positions=rope")
+        if self.parallel_from is not None and not 0 <= self.parallel_from < self.n_layer:
+            raise LmgolfError(f"config fields model.parallel_from and model.n_layer: {self.parallel_from} is not a layer index")
+        if self.parallel_from is not None and self.norm_position == "post":
+            raise LmgolfError("config fields model.parallel_from and model.norm_position: parallel blocks are pre-norm")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

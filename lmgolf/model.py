@@ -77,6 +77,7 @@ class Attention(nn.Module):
         nope_layer = cfg.nope_every and (layer + 1) % cfg.nope_every == 0
         use_rope = cfg.positions == "rope" and not nope_layer
         self.rotary = Rotary(cfg.rope_dims or self.hd, cfg.rope_base) if use_rope else None
+        self.exclusive = cfg.exclusive_attn
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
@@ -100,6 +101,9 @@ class Attention(nn.Module):
         else:  # new queries sit at positions start..start+T-1 and see every earlier key
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.exclusive:  # exclusive self-attention: keep only what is orthogonal to the token's own value
+            own = v[:, :, -T:]
+            y = y - (y * own).sum(-1, keepdim=True) / own.square().sum(-1, keepdim=True).clamp_min(1e-6) * own
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 
@@ -130,6 +134,7 @@ class Block(nn.Module):
         self.attn_norm, self.attn = norm(), Attention(cfg, layer)
         self.mlp_norm, self.mlp = norm(), MLP(cfg)
         self.post_norm = cfg.norm_position == "post"
+        self.parallel = cfg.parallel_from is not None and layer >= cfg.parallel_from
         self.norm_scale = 1 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.attn_scale = nn.Parameter(torch.ones(cfg.d_model)) if cfg.output_scales else None
         self.mlp_scale = nn.Parameter(torch.ones(cfg.d_model)) if cfg.output_scales else None
@@ -143,7 +148,10 @@ class Block(nn.Module):
         if self.post_norm:  # the original Transformer: normalize after each residual addition
             x = self._norm(self.attn_norm, x + self._scaled(self.attn(x, cache, layer), self.attn_scale))
             return self._norm(self.mlp_norm, x + self._scaled(self.mlp(x), self.mlp_scale))
-        x = x + self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer), self.attn_scale)
+        a = self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer), self.attn_scale)
+        if self.parallel:  # attention and MLP read the same input (GPT-J, PaLM)
+            return x + a + self._scaled(self.mlp(self._norm(self.mlp_norm, x)), self.mlp_scale)
+        x = x + a
         return x + self._scaled(self.mlp(self._norm(self.mlp_norm, x)), self.mlp_scale)
 
     def _norm(self, norm: Norm, x: torch.Tensor) -> torch.Tensor:

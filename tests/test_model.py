@@ -39,6 +39,7 @@ VARIANTS = [
     dict(positions="none", n_kv_head=1, bias=True, norm="layernorm", zero_init_proj=True),
     dict(rope_dims=4, nope_every=2, n_layer=4, ln_scale=True, mlp="leaky_relu2"),
     dict(norm_position="post", norm="layernorm", mlp="gelu", positions="learned"),
+    dict(exclusive_attn=True, parallel_from=1, n_layer=3, n_kv_head=2),
 ]
 
 
@@ -76,7 +77,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-2:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-3:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -147,3 +148,25 @@ def test_leaky_relu2_formula():
     x = torch.randn(4, 32)
     u = mlp.up(x)
     assert torch.allclose(mlp(x), mlp.proj(torch.where(u > 0, u, 0.5 * u) ** 2), atol=1e-6)
+
+
+def test_exclusive_attention_output_is_orthogonal_to_own_value():
+    torch.manual_seed(0)
+    model = GPT(tiny(exclusive_attn=True))
+    attn = model.blocks[0].attn
+    seen = {}
+    attn.proj.register_forward_hook(lambda mod, inp, out: seen.update(y=inp[0]))
+    x = torch.randn(1, 7, 32)
+    attn(x)
+    v = attn.v(x).view(1, 7, 4, 8)
+    y = seen["y"].view(1, 7, 4, 8)
+    assert (y * v).sum(-1).abs().max() < 1e-5
+
+
+def test_parallel_residual_block():
+    torch.manual_seed(0)
+    model = GPT(tiny(parallel_from=1, n_layer=2))
+    assert [b.parallel for b in model.blocks] == [False, True]
+    block, x = model.blocks[1], torch.randn(1, 5, 32)
+    expected = x + block.attn(block.attn_norm(x)) + block.mlp(block.mlp_norm(x))
+    assert torch.allclose(block(x, x), expected, atol=1e-6)
