@@ -46,6 +46,8 @@ class ModelConfig:
     bias: bool = False                  # biases in linear layers and LayerNorm
     tie_embeddings: bool = True
     logit_softcap: float | None = None  # logits <- c * tanh(logits / c)
+    doc_mask: bool = False              # no attention across a BOS inside a packed window (needs bos_id)
+    bos_id: int | None = None           # the document delimiter; training sets it from the data folder
     exclusive_attn: bool = False        # remove each attention output's component along its own token's value
     parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
     unet_skips: bool = False            # first half of the blocks push, second half add (learned weights)

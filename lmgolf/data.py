@@ -26,6 +26,10 @@ class DataFolder:
     def vocab_size(self) -> int:
         return int(self.meta["tokenizer"]["vocab_size"])
 
+    @property
+    def bos_id(self) -> int:
+        return int(self.meta["tokenizer"]["bos_id"])
+
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.path / "tokenizer")
 

@@ -55,6 +55,7 @@ class KVCache:
     def __init__(self, n_layer: int):
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
         self.length = 0
+        self.docs: torch.Tensor | None = None  # document index of every cached position (doc_mask models)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         past = self.layers[layer]
@@ -79,7 +80,9 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.rope_dims or self.hd, cfg.rope_base) if use_rope else None
         self.exclusive = cfg.exclusive_attn
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: an optional boolean (batch, 1, T, keys) matrix of allowed pairs (causality included)."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
         k = self.k(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
@@ -96,7 +99,9 @@ class Attention(nn.Module):
         if self.n_kv != self.n_head:  # GQA/MQA: each key/value head serves n_head / n_kv query heads
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        if start == 0:
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif start == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # new queries sit at positions start..start+T-1 and see every earlier key
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
@@ -141,14 +146,14 @@ class Block(nn.Module):
         # resid_mix[0] weighs the residual stream, resid_mix[1] the embedding stream x0
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.d_model), torch.zeros(cfg.d_model)))) if cfg.resid_mix else None
 
-    def forward(self, x, x0, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, x0, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None):
         if self.resid_mix is not None:
             mix = self.resid_mix.to(x.dtype)
             x = mix[0] * x + mix[1] * x0
         if self.post_norm:  # the original Transformer: normalize after each residual addition
-            x = self._norm(self.attn_norm, x + self._scaled(self.attn(x, cache, layer), self.attn_scale))
+            x = self._norm(self.attn_norm, x + self._scaled(self.attn(x, cache, layer, mask), self.attn_scale))
             return self._norm(self.mlp_norm, x + self._scaled(self.mlp(x), self.mlp_scale))
-        a = self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer), self.attn_scale)
+        a = self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer, mask), self.attn_scale)
         if self.parallel:  # attention and MLP read the same input (GPT-J, PaLM)
             return x + a + self._scaled(self.mlp(self._norm(self.mlp_norm, x)), self.mlp_scale)
         x = x + a
@@ -206,11 +211,12 @@ class GPT(nn.Module):
         if self.cfg.embed_norm:
             x = F.rms_norm(x, (x.size(-1),))
         x0 = x
+        mask = self.document_mask(idx, cache) if self.cfg.doc_mask else None
         skips = []
         for i, block in enumerate(self.blocks):
             if self.skip_weights is not None and i >= self.n_encoder and skips:
                 x = x + self.skip_weights[i - self.n_encoder].to(x.dtype) * skips.pop()
-            x = block(x, x0, cache, i)
+            x = block(x, x0, cache, i, mask)
             if i < self.n_encoder:
                 skips.append(x)
         if cache is not None:
@@ -223,6 +229,24 @@ class GPT(nn.Module):
             c = self.cfg.logit_softcap
             logits = c * torch.tanh(logits / c)
         return logits
+
+    def document_mask(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """Allowed (query, key) pairs: the key is not later and lies in the same document; a BOS token
+        opens a new document."""
+        if self.cfg.bos_id is None:
+            raise ValueError("model.doc_mask needs model.bos_id (training sets it from the data folder)")
+        docs = torch.cumsum(idx == self.cfg.bos_id, dim=1)
+        past = cache.docs if cache is not None and cache.docs is not None else None
+        if past is not None:
+            docs = docs + past[:, -1:]
+        keys = docs if past is None else torch.cat((past, docs), dim=1)
+        if cache is not None:
+            cache.docs = keys
+        start = keys.size(1) - idx.size(1)
+        q_pos = torch.arange(start, keys.size(1), device=idx.device)
+        k_pos = torch.arange(keys.size(1), device=idx.device)
+        causal = k_pos[None, :] <= q_pos[:, None]
+        return (causal[None] & (docs[:, :, None] == keys[:, None, :]))[:, None]
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(idx)

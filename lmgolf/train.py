@@ -79,6 +79,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     dtype = pick_dtype(cfg.train.dtype, device)
     data = DataFolder(data_dir)
     cfg.model.vocab_size = data.vocab_size
+    cfg.model.bos_id = data.bos_id
     cfg.validate()
     out_dir = Path(out_dir)
     if (out_dir / CHECKPOINT_DIR).exists() and not resume:

@@ -40,6 +40,7 @@ VARIANTS = [
     dict(rope_dims=4, nope_every=2, n_layer=4, ln_scale=True, mlp="leaky_relu2"),
     dict(norm_position="post", norm="layernorm", mlp="gelu", positions="learned"),
     dict(exclusive_attn=True, parallel_from=1, n_layer=3, n_kv_head=2),
+    dict(doc_mask=True, bos_id=0, n_kv_head=2),
 ]
 
 
@@ -77,7 +78,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-3:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-4:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -170,3 +171,29 @@ def test_parallel_residual_block():
     block, x = model.blocks[1], torch.randn(1, 5, 32)
     expected = x + block.attn(block.attn_norm(x)) + block.mlp(block.mlp_norm(x))
     assert torch.allclose(block(x, x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("doc_mask", [True, False])
+def test_document_mask_blocks_attention_across_bos(doc_mask):
+    torch.manual_seed(0)
+    cfg = tiny(doc_mask=doc_mask, bos_id=0)
+    model = GPT(cfg)
+    x = torch.randint(1, cfg.vocab_size, (1, cfg.context))
+    x[0, 6] = 0  # a document starts at position 6
+    y = x.clone()
+    y[0, :6] = (y[0, :6] + 1) % (cfg.vocab_size - 1) + 1  # change the previous document only
+    same = torch.allclose(model(x)[0, 6:], model(y)[0, 6:], atol=1e-6)
+    assert same == doc_mask
+
+
+def test_document_mask_with_kv_cache_matches_full_pass():
+    from lmgolf.model import KVCache
+    torch.manual_seed(0)
+    cfg = tiny(doc_mask=True, bos_id=0)
+    model = GPT(cfg).eval()
+    x = torch.randint(1, cfg.vocab_size, (1, 12))
+    x[0, 0], x[0, 5], x[0, 9] = 0, 0, 0
+    full = model(x)
+    cache = KVCache(cfg.n_layer)
+    steps = [model(x[:, :4], cache)] + [model(x[:, t:t + 1], cache) for t in range(4, 12)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
