@@ -37,6 +37,9 @@ class ModelConfig:
     norm_position: str = "pre"          # pre: x + f(norm(x)) | post: norm(x + f(x)), without a final norm
     ln_scale: bool = False              # each block's norm outputs times 1/sqrt(layer index + 1)
     embed_norm: bool = False            # normalize the token embedding before the first block
+    bigram_buckets: int = 0             # BigramHash: hashed (previous, current) token pairs, B buckets; 0: off
+    bigram_dim: int = 64                # BigramHash table width, projected to d_model
+    smear_gate: bool = False            # SmearGate: x_t <- (1 - g_t) x_t + g_t x_(t-1), g_t a learned sigmoid gate
     qk_norm: bool = False               # gain-free RMSNorm of queries and keys, per head
     q_gain: float | None = None         # learned per-head query gain, with this initial value
     mlp: str = "swiglu"                 # gelu | swiglu | relu2 | leaky_relu2
@@ -93,6 +96,11 @@ class ModelConfig:
             raise LmgolfError(f"config fields model.parallel_from and model.n_layer: {self.parallel_from} is not a layer index")
         if self.parallel_from is not None and self.norm_position == "post":
             raise LmgolfError("config fields model.parallel_from and model.norm_position: parallel blocks are pre-norm")
+        if (self.bigram_buckets or self.smear_gate or self.doc_mask) and self.bos_id is not None \
+                and not 0 <= self.bos_id < self.vocab_size:
+            raise LmgolfError(f"config fields model.bos_id and model.vocab_size: {self.bos_id} is not a token id")
+        if self.bigram_buckets < 0 or self.bigram_dim < 1:
+            raise LmgolfError("config fields model.bigram_buckets and model.bigram_dim: must be >= 0 and >= 1")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

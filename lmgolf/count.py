@@ -15,12 +15,14 @@ from torch import nn
 from lmgolf.config import ModelConfig
 from lmgolf.model import GPT
 
-GROUPS = ("embedding", "positions", "attention", "mlp", "norms", "scales", "skips", "head")
+GROUPS = ("embedding", "bigram", "positions", "attention", "mlp", "norms", "scales", "skips", "head")
 
 
 def parameter_group(name: str) -> str:
     if name.startswith("tok_emb"):
         return "embedding"
+    if name.startswith("bigram"):
+        return "bigram"
     if name.startswith("pos_emb"):
         return "positions"
     if name.startswith("head"):
@@ -33,7 +35,7 @@ def parameter_group(name: str) -> str:
         return "mlp"
     if "norm" in name:
         return "norms"
-    return "scales"  # learned gains, output scales, residual mixes
+    return "scales"  # learned gains, gates, output scales, residual mixes
 
 
 @dataclass

@@ -56,6 +56,8 @@ class KVCache:
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
         self.length = 0
         self.docs: torch.Tensor | None = None  # document index of every cached position (doc_mask models)
+        self.last_token: torch.Tensor | None = None  # (batch, 1): for BigramHash and SmearGate
+        self.last_embed: torch.Tensor | None = None  # (batch, 1, d_model): SmearGate's previous input
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         past = self.layers[layer]
@@ -63,6 +65,46 @@ class KVCache:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
         self.layers[layer] = (k, v)
         return k, v
+
+
+def previous_tokens(idx: torch.Tensor, cache: "KVCache | None") -> tuple[torch.Tensor, torch.Tensor]:
+    """Each position's previous token id, and whether it has one in the same document (a BOS token,
+    the first position of a fresh sequence, and nothing else, start without one)."""
+    before = cache.last_token if cache is not None and cache.last_token is not None else None
+    first = before if before is not None else torch.zeros_like(idx[:, :1])
+    prev = torch.cat((first, idx[:, :-1]), dim=1)
+    has_prev = torch.ones_like(idx, dtype=torch.bool)
+    if before is None:
+        has_prev[:, 0] = False
+    return prev, has_prev
+
+
+class BigramHash(nn.Module):
+    """An embedding of the hashed (previous, current) token pair, projected and added to the input."""
+
+    def __init__(self, buckets: int, dim: int, d_model: int):
+        super().__init__()
+        self.buckets = buckets
+        self.table = nn.Embedding(buckets, dim)
+        self.proj = nn.Linear(dim, d_model, bias=False)
+
+    def forward(self, idx: torch.Tensor, prev: torch.Tensor, has_prev: torch.Tensor) -> torch.Tensor:
+        bucket = torch.bitwise_xor(36313 * idx, 27191 * prev) % self.buckets
+        return self.proj(self.table(bucket)) * has_prev.unsqueeze(-1)
+
+
+class SmearGate(nn.Module):
+    """x_t <- (1 - g_t) x_t + g_t x_(t-1), with g_t = sigmoid(w . x_t + b) a learned per-token gate."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.gate = nn.Linear(d_model, 1)
+
+    def forward(self, x: torch.Tensor, x_before: torch.Tensor | None, has_prev: torch.Tensor) -> torch.Tensor:
+        first = x_before if x_before is not None else torch.zeros_like(x[:, :1])
+        x_prev = torch.cat((first, x[:, :-1]), dim=1)
+        g = torch.sigmoid(self.gate(x)) * has_prev.unsqueeze(-1)
+        return x + g * (x_prev - x)
 
 
 class Attention(nn.Module):
@@ -174,6 +216,8 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
+        self.bigram = BigramHash(cfg.bigram_buckets, cfg.bigram_dim, cfg.d_model) if cfg.bigram_buckets else None
+        self.smear = SmearGate(cfg.d_model) if cfg.smear_gate else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.n_encoder = cfg.n_layer // 2 if cfg.unet_skips else 0
         n_skips = min(self.n_encoder, cfg.n_layer - self.n_encoder)
@@ -196,6 +240,9 @@ class GPT(nn.Module):
                     nn.init.normal_(module.weight, std=proj_std if is_proj else cfg.init_std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        if self.smear is not None:  # start close to the identity: the gate opens as it learns
+            nn.init.zeros_(self.smear.gate.weight)
+            nn.init.constant_(self.smear.gate.bias, -3.0)
         nn.init.normal_(self.tok_emb.weight, std=cfg.embed_init_std)
         if self.pos_emb is not None:
             nn.init.normal_(self.pos_emb.weight, std=cfg.embed_init_std)
@@ -204,6 +251,8 @@ class GPT(nn.Module):
         """Logits (batch, time, vocab) in float32 for token ids (batch, time)."""
         start = cache.length if cache is not None else 0
         x = self.tok_emb(idx)
+        if self.bigram is not None or self.smear is not None:
+            x = self.mix_neighbours(idx, x, cache)
         if self.pos_emb is not None:
             if start + idx.size(1) > self.cfg.context:
                 raise ValueError(f"sequence of {start + idx.size(1)} tokens exceeds the learned context {self.cfg.context}")
@@ -229,6 +278,23 @@ class GPT(nn.Module):
             c = self.cfg.logit_softcap
             logits = c * torch.tanh(logits / c)
         return logits
+
+    def mix_neighbours(self, idx: torch.Tensor, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """BigramHash and SmearGate: inputs that read the previous token, never across a BOS."""
+        if self.cfg.bos_id is None:
+            raise ValueError("model.bigram_buckets and model.smear_gate need model.bos_id (training sets it)")
+        prev, has_prev = previous_tokens(idx, cache)
+        has_prev = has_prev & (idx != self.cfg.bos_id)
+        if self.bigram is not None:
+            x = x + self.bigram(idx, prev, has_prev).to(x.dtype)
+        if self.smear is not None:
+            before = cache.last_embed if cache is not None else None
+            if cache is not None:
+                cache.last_embed = x[:, -1:]
+            x = self.smear(x, before, has_prev)
+        if cache is not None:
+            cache.last_token = idx[:, -1:]
+        return x
 
     def document_mask(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         """Allowed (query, key) pairs: the key is not later and lies in the same document; a BOS token

@@ -41,6 +41,7 @@ VARIANTS = [
     dict(norm_position="post", norm="layernorm", mlp="gelu", positions="learned"),
     dict(exclusive_attn=True, parallel_from=1, n_layer=3, n_kv_head=2),
     dict(doc_mask=True, bos_id=0, n_kv_head=2),
+    dict(bigram_buckets=97, bigram_dim=8, smear_gate=True, bos_id=0, tie_embeddings=False),
 ]
 
 
@@ -78,7 +79,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-4:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-5:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -197,3 +198,45 @@ def test_document_mask_with_kv_cache_matches_full_pass():
     cache = KVCache(cfg.n_layer)
     steps = [model(x[:, :4], cache)] + [model(x[:, t:t + 1], cache) for t in range(4, 12)]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [dict(bigram_buckets=97, bigram_dim=8), dict(smear_gate=True)])
+def test_neighbour_mixing_stops_at_bos(extra):
+    """Without attention (one layer whose attention output is zeroed), position t sees only tokens t
+    and t-1 through BigramHash/SmearGate; across a BOS it must see nothing of the previous document."""
+    torch.manual_seed(0)
+    cfg = tiny(n_layer=1, bos_id=0, **extra)
+    model = GPT(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    torch.nn.init.zeros_(model.blocks[0].attn.proj.weight)
+    x = torch.randint(1, cfg.vocab_size, (1, 10))
+    x[0, 5] = 0
+    y = x.clone()
+    y[0, 4] = x[0, 4] % (cfg.vocab_size - 1) + 1
+    a, b = model(x)[0], model(y)[0]
+    assert torch.allclose(a[5], b[5], atol=1e-6)      # the BOS does not see the previous document
+    assert not torch.allclose(a[4], b[4])             # the changed token itself does change
+    z = x.clone()
+    z[0, 2] = x[0, 2] % (cfg.vocab_size - 1) + 1
+    assert not torch.allclose(model(z)[0, 3], a[3])   # inside a document, the next token sees it
+
+
+def test_neighbour_mixing_with_kv_cache_matches_full_pass():
+    from lmgolf.model import KVCache
+    torch.manual_seed(0)
+    cfg = tiny(bigram_buckets=31, bigram_dim=8, smear_gate=True, bos_id=0)
+    model = GPT(cfg).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randint(1, cfg.vocab_size, (2, 12))
+    x[:, 0], x[0, 6] = 0, 0
+    cache = KVCache(cfg.n_layer)
+    steps = [model(x[:, :5], cache)] + [model(x[:, t:t + 1], cache) for t in range(5, 12)]
+    assert torch.allclose(torch.cat(steps, dim=1), model(x), atol=1e-5)
+
+
+def test_bigram_hash_parameters_and_bucket_range():
+    cfg = tiny(bigram_buckets=4096, bigram_dim=64, bos_id=0)
+    count = count_module(GPT(cfg))
+    assert count.params_by_group["bigram"] == 4096 * 64 + 64 * 32
