@@ -51,6 +51,8 @@ class ModelConfig:
     logit_softcap: float | None = None  # logits <- c * tanh(logits / c)
     doc_mask: bool = False              # no attention across a BOS inside a packed window (needs bos_id)
     bos_id: int | None = None           # the document delimiter; training sets it from the data folder
+    attn_softcap: float | None = None   # attention scores <- c * tanh(scores / c) (Gemma 2); runs without fused SDPA
+    attn_gate: str = "none"             # none | head | element: output times sigmoid(linear(x)) (gated attention)
     exclusive_attn: bool = False        # remove each attention output's component along its own token's value
     parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
     unet_skips: bool = False            # first half of the blocks push, second half add (learned weights)
@@ -74,7 +76,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         choices = {"positions": ("rope", "learned", "none"), "norm": ("rmsnorm", "layernorm"),
-                   "norm_position": ("pre", "post"), "mlp": ("gelu", "swiglu", "relu2", "leaky_relu2")}
+                   "norm_position": ("pre", "post"), "attn_gate": ("none", "head", "element"), "mlp": ("gelu", "swiglu", "relu2", "leaky_relu2")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise LmgolfError(f"config field model.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -101,6 +103,8 @@ class ModelConfig:
             raise LmgolfError(f"config fields model.bos_id and model.vocab_size: {self.bos_id} is not a token id")
         if self.bigram_buckets < 0 or self.bigram_dim < 1:
             raise LmgolfError("config fields model.bigram_buckets and model.bigram_dim: must be >= 0 and >= 1")
+        if self.attn_softcap is not None and self.attn_softcap <= 0:
+            raise LmgolfError("config field model.attn_softcap: must be > 0 (or null for none)")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

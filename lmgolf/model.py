@@ -121,6 +121,9 @@ class Attention(nn.Module):
         use_rope = cfg.positions == "rope" and not nope_layer
         self.rotary = Rotary(cfg.rope_dims or self.hd, cfg.rope_base) if use_rope else None
         self.exclusive = cfg.exclusive_attn
+        self.softcap = cfg.attn_softcap
+        gate_width = {"none": 0, "head": self.n_head, "element": self.n_head * self.hd}[cfg.attn_gate]
+        self.gate = nn.Linear(cfg.d_model, gate_width, bias=True) if gate_width else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,17 +144,28 @@ class Attention(nn.Module):
         if self.n_kv != self.n_head:  # GQA/MQA: each key/value head serves n_head / n_kv query heads
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        if mask is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif start == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # new queries sit at positions start..start+T-1 and see every earlier key
+        if mask is None and start > 0:  # new queries sit at positions start..start+T-1 and see every earlier key
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = self.attend(q, k, v, mask)
         if self.exclusive:  # exclusive self-attention: keep only what is orthogonal to the token's own value
             own = v[:, :, -T:]
             y = y - (y * own).sum(-1, keepdim=True) / own.square().sum(-1, keepdim=True).clamp_min(1e-6) * own
+        if self.gate is not None:  # gated attention: per head, or per channel of each head
+            g = torch.sigmoid(self.gate(x)).view(B, T, self.n_head, -1).transpose(1, 2)
+            y = y * g.to(y.dtype)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+    def attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v over the allowed keys (plain causal when mask is None)."""
+        if self.softcap is None:
+            if mask is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.hd)
+        scores = self.softcap * torch.tanh(scores / self.softcap)
+        if mask is None:
+            mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
+        return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
 
 
 class MLP(nn.Module):

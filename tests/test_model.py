@@ -42,6 +42,8 @@ VARIANTS = [
     dict(exclusive_attn=True, parallel_from=1, n_layer=3, n_kv_head=2),
     dict(doc_mask=True, bos_id=0, n_kv_head=2),
     dict(bigram_buckets=97, bigram_dim=8, smear_gate=True, bos_id=0, tie_embeddings=False),
+    dict(attn_softcap=20.0, attn_gate="head", n_kv_head=2),
+    dict(attn_gate="element", doc_mask=True, bos_id=0, attn_softcap=5.0),
 ]
 
 
@@ -79,7 +81,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-5:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-7:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -240,3 +242,39 @@ def test_bigram_hash_parameters_and_bucket_range():
     cfg = tiny(bigram_buckets=4096, bigram_dim=64, bos_id=0)
     count = count_module(GPT(cfg))
     assert count.params_by_group["bigram"] == 4096 * 64 + 64 * 32
+
+
+def reference_attention(q, k, v, softcap=None):
+    scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    t = q.size(2)
+    scores = scores.masked_fill(torch.ones(t, t).triu(1).bool(), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_attention_core_matches_reference(softcap):
+    from lmgolf.model import Attention
+    attn = Attention(tiny(attn_softcap=softcap))
+    q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
+    assert torch.allclose(attn.attend(q, k, v, None), reference_attention(q, k, v, softcap), atol=1e-5)
+
+
+def test_gqa_matches_reference_with_repeated_kv_heads():
+    from lmgolf.model import Attention
+    torch.manual_seed(0)
+    attn = Attention(tiny(n_kv_head=2, positions="none"))
+    x = torch.randn(1, 6, 32)
+    q = attn.q(x).view(1, 6, 4, 8).transpose(1, 2)
+    k = attn.k(x).view(1, 6, 2, 8).transpose(1, 2)[:, [0, 0, 1, 1]]
+    v = attn.v(x).view(1, 6, 2, 8).transpose(1, 2)[:, [0, 0, 1, 1]]
+    expected = attn.proj(reference_attention(q, k, v).transpose(1, 2).reshape(1, 6, 32))
+    assert torch.allclose(attn(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,width", [("head", 4), ("element", 32)])
+def test_attention_gate_parameters(kind, width):
+    model = GPT(tiny(attn_gate=kind))
+    gate = model.blocks[0].attn.gate
+    assert gate.weight.shape == (width, 32) and gate.bias.shape == (width,)
