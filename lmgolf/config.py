@@ -55,6 +55,8 @@ class ModelConfig:
     attn_gate: str = "none"             # none | head | element: output times sigmoid(linear(x)) (gated attention)
     exclusive_attn: bool = False        # remove each attention output's component along its own token's value
     parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
+    depth_pattern: str = ""             # depth recurrence: block indices in the order applied, e.g. "0,1,2,3,0,1,2,3"
+                                        # (n_layer unique blocks; "" applies each once, in order)
     unet_skips: bool = False            # first half of the blocks push, second half add (learned weights)
     resid_mix: bool = False             # each block mixes its input with the embedding stream x0 (learned)
     output_scales: bool = False         # learned per-channel scales on attention and MLP outputs
@@ -69,6 +71,17 @@ class ModelConfig:
     @property
     def head_size(self) -> int:
         return self.head_dim or self.d_model // self.n_head
+
+    @property
+    def layer_order(self) -> list[int]:
+        """The block applied at each depth step (depth recurrence reuses blocks)."""
+        if not self.depth_pattern.strip():
+            return list(range(self.n_layer))
+        try:
+            return [int(i) for i in self.depth_pattern.split(",")]
+        except ValueError:
+            raise LmgolfError(f"config field model.depth_pattern: {self.depth_pattern!r} is not a comma-separated "
+                              "list of block indices") from None
 
     @property
     def hidden(self) -> int:
@@ -105,6 +118,10 @@ class ModelConfig:
             raise LmgolfError("config fields model.bigram_buckets and model.bigram_dim: must be >= 0 and >= 1")
         if self.attn_softcap is not None and self.attn_softcap <= 0:
             raise LmgolfError("config field model.attn_softcap: must be > 0 (or null for none)")
+        order = self.layer_order
+        if any(not 0 <= i < self.n_layer for i in order) or set(order) != set(range(self.n_layer)):
+            raise LmgolfError(f"config fields model.depth_pattern and model.n_layer: the pattern must use every block "
+                              f"0..{self.n_layer - 1} and no other, got {self.depth_pattern!r}")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

@@ -2,7 +2,8 @@
 
 FLOP convention (PaLM appendix B, nanoGPT's MFU): training FLOPs per token =
 6 x (weights used in matrix multiplies, the output head included, embedding lookups excluded)
-+ 12 x n_layer x attention width x context. The forward pass is one third of that.
++ 12 x depth x attention width x context, where depth counts every application of a block (depth
+recurrence applies some more than once). The forward pass is one third of that.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def parameter_group(name: str) -> str:
 class ModelCount:
     params_by_group: dict[str, int]
     matmul_weights: int
-    attention_flops_per_token: int  # 12 x n_layer x attention width x context
+    attention_flops_per_token: int  # 12 x depth x attention width x context
 
     @property
     def params(self) -> int:
@@ -61,12 +62,15 @@ def count_module(model: GPT) -> ModelCount:
     groups = {g: 0 for g in GROUPS}
     for name, p in model.named_parameters():
         groups[parameter_group(name)] += p.numel()
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    linear = lambda module: sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))  # noqa: E731
+    in_blocks = sum(linear(b) for b in model.blocks)
+    matmul = linear(model) - in_blocks + sum(linear(model.blocks[b]) for b in model.order)  # reused blocks count per use
     if model.head is None:  # the tied head multiplies by the embedding matrix
         matmul += model.tok_emb.weight.numel()
     cfg = model.cfg
     attn_width = cfg.n_head * cfg.head_size
-    return ModelCount({g: n for g, n in groups.items() if n}, matmul, 12 * cfg.n_layer * attn_width * cfg.context)
+    attention = 12 * len(model.order) * attn_width * cfg.context
+    return ModelCount({g: n for g, n in groups.items() if n}, matmul, attention)
 
 
 def count_config(cfg: ModelConfig) -> ModelCount:
@@ -82,7 +86,7 @@ def format_count(cfg: ModelConfig, count: ModelCount) -> str:
     lines.append(f"{'total':<12}{count.params:>14,}")
     lines.append("")
     lines.append(f"matmul weights (head incl., lookups excl.): {count.matmul_weights:,}")
-    lines.append(f"training FLOPs/token = 6 x {count.matmul_weights:,} + 12 x {cfg.n_layer} x "
+    lines.append(f"training FLOPs/token = 6 x {count.matmul_weights:,} + 12 x {len(cfg.layer_order)} x "
                  f"{cfg.n_head * cfg.head_size} x {cfg.context} = {count.train_flops_per_token:,}")
     lines.append(f"forward FLOPs/token = {count.forward_flops_per_token:,}")
     return "\n".join(lines)

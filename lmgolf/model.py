@@ -233,8 +233,9 @@ class GPT(nn.Module):
         self.bigram = BigramHash(cfg.bigram_buckets, cfg.bigram_dim, cfg.d_model) if cfg.bigram_buckets else None
         self.smear = SmearGate(cfg.d_model) if cfg.smear_gate else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.n_encoder = cfg.n_layer // 2 if cfg.unet_skips else 0
-        n_skips = min(self.n_encoder, cfg.n_layer - self.n_encoder)
+        self.order = cfg.layer_order  # depth steps -> blocks; a block may appear several times (recurrence)
+        self.n_encoder = len(self.order) // 2 if cfg.unet_skips else 0
+        n_skips = min(self.n_encoder, len(self.order) - self.n_encoder)
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.d_model)) if cfg.unet_skips else None
         pre_norm = cfg.norm_position == "pre"
         self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps) if pre_norm else None
@@ -276,10 +277,10 @@ class GPT(nn.Module):
         x0 = x
         mask = self.document_mask(idx, cache) if self.cfg.doc_mask else None
         skips = []
-        for i, block in enumerate(self.blocks):
+        for i, b in enumerate(self.order):  # i: depth step (its own cache slot), b: the block applied
             if self.skip_weights is not None and i >= self.n_encoder and skips:
                 x = x + self.skip_weights[i - self.n_encoder].to(x.dtype) * skips.pop()
-            x = block(x, x0, cache, i, mask)
+            x = self.blocks[b](x, x0, cache, i, mask)
             if i < self.n_encoder:
                 skips.append(x)
         if cache is not None:

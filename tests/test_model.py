@@ -44,6 +44,7 @@ VARIANTS = [
     dict(bigram_buckets=97, bigram_dim=8, smear_gate=True, bos_id=0, tie_embeddings=False),
     dict(attn_softcap=20.0, attn_gate="head", n_kv_head=2),
     dict(attn_gate="element", doc_mask=True, bos_id=0, attn_softcap=5.0),
+    dict(n_layer=2, depth_pattern="0,1,0,1,1", unet_skips=True, n_kv_head=2),
 ]
 
 
@@ -81,7 +82,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-7:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-8:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -278,3 +279,31 @@ def test_attention_gate_parameters(kind, width):
     model = GPT(tiny(attn_gate=kind))
     gate = model.blocks[0].attn.gate
     assert gate.weight.shape == (width, 32) and gate.bias.shape == (width,)
+
+
+def test_depth_recurrence_has_unique_blocks_parameters_only():
+    flat = count_module(GPT(tiny(n_layer=4)))
+    looped = count_module(GPT(tiny(n_layer=4, depth_pattern="0,1,2,3,0,1,2,3,0,1,2,3")))
+    assert looped.params == flat.params  # 4 blocks x 3 passes store 4 blocks
+    assert looped.attention_flops_per_token == 3 * flat.attention_flops_per_token
+    block_linear = sum(m.weight.numel() for m in GPT(tiny()).blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    assert looped.matmul_weights - flat.matmul_weights == 8 * block_linear
+
+
+def test_depth_recurrence_applies_blocks_in_order():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=2, depth_pattern="0,1,1"))
+    x = torch.randint(0, 64, (1, 8))
+    h = model.tok_emb(x)
+    h0 = h
+    for b in (0, 1, 1):
+        h = model.blocks[b](h, h0)
+    expected = torch.nn.functional.linear(model.final_norm(h), model.tok_emb.weight)
+    assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", ["0,1,2", "0,0", "a,b", "1"])
+def test_bad_depth_patterns_are_refused(pattern):
+    from lmgolf.errors import LmgolfError
+    with pytest.raises(LmgolfError, match="depth_pattern"):
+        tiny(depth_pattern=pattern).validate()
