@@ -37,6 +37,8 @@ class ModelConfig:
     norm_position: str = "pre"          # pre: x + f(norm(x)) | post: norm(x + f(x)), without a final norm
     ln_scale: bool = False              # each block's norm outputs times 1/sqrt(layer index + 1)
     embed_norm: bool = False            # normalize the token embedding before the first block
+    embed_rank: int | None = None       # factorized embedding: V x r table then r x d projection (ALBERT);
+                                        # shared with the output head when tied
     bigram_buckets: int = 0             # BigramHash: hashed (previous, current) token pairs, B buckets; 0: off
     bigram_dim: int = 64                # BigramHash table width, projected to d_model
     smear_gate: bool = False            # SmearGate: x_t <- (1 - g_t) x_t + g_t x_(t-1), g_t a learned sigmoid gate
@@ -122,6 +124,8 @@ class ModelConfig:
         if any(not 0 <= i < self.n_layer for i in order) or set(order) != set(range(self.n_layer)):
             raise LmgolfError(f"config fields model.depth_pattern and model.n_layer: the pattern must use every block "
                               f"0..{self.n_layer - 1} and no other, got {self.depth_pattern!r}")
+        if self.embed_rank is not None and not 0 < self.embed_rank:
+            raise LmgolfError("config field model.embed_rank: must be > 0 (or null for a full table)")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

@@ -20,7 +20,7 @@ GROUPS = ("embedding", "bigram", "positions", "attention", "mlp", "norms", "scal
 
 
 def parameter_group(name: str) -> str:
-    if name.startswith("tok_emb"):
+    if name.startswith(("tok_emb", "emb_proj")):
         return "embedding"
     if name.startswith("bigram"):
         return "bigram"
@@ -65,8 +65,9 @@ def count_module(model: GPT) -> ModelCount:
     linear = lambda module: sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))  # noqa: E731
     in_blocks = sum(linear(b) for b in model.blocks)
     matmul = linear(model) - in_blocks + sum(linear(model.blocks[b]) for b in model.order)  # reused blocks count per use
-    if model.head is None:  # the tied head multiplies by the embedding matrix
+    if model.head is None:  # the tied head multiplies by the embedding matrix (and the factorized projection)
         matmul += model.tok_emb.weight.numel()
+        matmul += model.emb_proj.weight.numel() if model.emb_proj is not None else 0
     cfg = model.cfg
     attn_width = cfg.n_head * cfg.head_size
     attention = 12 * len(model.order) * attn_width * cfg.context

@@ -228,7 +228,8 @@ class GPT(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed_rank or cfg.d_model)
+        self.emb_proj = nn.Linear(cfg.embed_rank, cfg.d_model, bias=False) if cfg.embed_rank else None
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
         self.bigram = BigramHash(cfg.bigram_buckets, cfg.bigram_dim, cfg.d_model) if cfg.bigram_buckets else None
         self.smear = SmearGate(cfg.d_model) if cfg.smear_gate else None
@@ -266,6 +267,8 @@ class GPT(nn.Module):
         """Logits (batch, time, vocab) in float32 for token ids (batch, time)."""
         start = cache.length if cache is not None else 0
         x = self.tok_emb(idx)
+        if self.emb_proj is not None:
+            x = self.emb_proj(x)
         if self.bigram is not None or self.smear is not None:
             x = self.mix_neighbours(idx, x, cache)
         if self.pos_emb is not None:
@@ -287,7 +290,12 @@ class GPT(nn.Module):
             cache.length += idx.size(1)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+        if self.head is not None:
+            logits = self.head(x)
+        elif self.emb_proj is not None:  # the tied factorized head: back through the projection, then the table
+            logits = F.linear(x @ self.emb_proj.weight, self.tok_emb.weight)
+        else:
+            logits = F.linear(x, self.tok_emb.weight)
         logits = logits.float()
         if self.cfg.logit_softcap:
             c = self.cfg.logit_softcap

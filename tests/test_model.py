@@ -45,6 +45,8 @@ VARIANTS = [
     dict(attn_softcap=20.0, attn_gate="head", n_kv_head=2),
     dict(attn_gate="element", doc_mask=True, bos_id=0, attn_softcap=5.0),
     dict(n_layer=2, depth_pattern="0,1,0,1,1", unet_skips=True, n_kv_head=2),
+    dict(embed_rank=8),
+    dict(embed_rank=8, tie_embeddings=False, positions="learned"),
 ]
 
 
@@ -82,7 +84,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-8:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-10:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -307,3 +309,11 @@ def test_bad_depth_patterns_are_refused(pattern):
     from lmgolf.errors import LmgolfError
     with pytest.raises(LmgolfError, match="depth_pattern"):
         tiny(depth_pattern=pattern).validate()
+
+
+def test_factorized_embedding_parameters():
+    cfg = tiny(embed_rank=8)
+    count = count_module(GPT(cfg))
+    assert count.params_by_group["embedding"] == 64 * 8 + 8 * 32
+    full = count_module(GPT(tiny()))
+    assert full.params - count.params == 64 * 32 - (64 * 8 + 8 * 32)
