@@ -55,6 +55,7 @@ class ModelConfig:
     bos_id: int | None = None           # the document delimiter; training sets it from the data folder
     attn_softcap: float | None = None   # attention scores <- c * tanh(scores / c) (Gemma 2); runs without fused SDPA
     attn_gate: str = "none"             # none | head | element: output times sigmoid(linear(x)) (gated attention)
+    value_residual: bool = False        # every layer after the first mixes the first layer's values into its own
     exclusive_attn: bool = False        # remove each attention output's component along its own token's value
     parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
     depth_pattern: str = ""             # depth recurrence: block indices in the order applied, e.g. "0,1,2,3,0,1,2,3"

@@ -30,7 +30,7 @@ def parameter_group(name: str) -> str:
         return "head"
     if name.startswith("skip_weights"):
         return "skips"
-    if ".attn." in name and not name.endswith("q_gain"):
+    if ".attn." in name and not name.endswith(("q_gain", "v_mix")):
         return "attention"
     if ".mlp." in name:
         return "mlp"

@@ -6,6 +6,7 @@ Every option is a field of `ModelConfig`; read this file top to bottom as the ar
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,14 @@ class SmearGate(nn.Module):
         return x + g * (x_prev - x)
 
 
+@dataclass
+class Shared:
+    """What the blocks of one forward pass share: the attention mask (None: plain causal) and the
+    first layer's values (for value residuals)."""
+    mask: torch.Tensor | None = None
+    v_first: torch.Tensor | None = None
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
@@ -122,12 +131,16 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.rope_dims or self.hd, cfg.rope_base) if use_rope else None
         self.exclusive = cfg.exclusive_attn
         self.softcap = cfg.attn_softcap
+        self.keeps_v_first = cfg.value_residual and layer == 0
+        # value residuals (ResFormer): v <- lambda_0 v + lambda_1 v_first, learned, in every later layer
+        self.v_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if cfg.value_residual and layer > 0 else None
         gate_width = {"none": 0, "head": self.n_head, "element": self.n_head * self.hd}[cfg.attn_gate]
         self.gate = nn.Linear(cfg.d_model, gate_width, bias=True) if gate_width else None
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """mask: an optional boolean (batch, 1, T, keys) matrix of allowed pairs (causality included)."""
+                shared: Shared | None = None) -> torch.Tensor:
+        """shared.mask: an optional boolean (batch, 1, T, keys) matrix of allowed pairs (causality included)."""
+        shared = shared or Shared()
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
         k = self.k(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
@@ -139,11 +152,17 @@ class Attention(nn.Module):
             q, k = self.rotary(q, start), self.rotary(k, start)
         if self.q_gain is not None:
             q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        if self.keeps_v_first:
+            shared.v_first = v
+        elif self.v_mix is not None and shared.v_first is not None:
+            mix = self.v_mix.to(v.dtype)
+            v = mix[0] * v + mix[1] * shared.v_first
         if cache is not None:
             k, v = cache.update(layer, k, v)
         if self.n_kv != self.n_head:  # GQA/MQA: each key/value head serves n_head / n_kv query heads
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        mask = shared.mask
         if mask is None and start > 0:  # new queries sit at positions start..start+T-1 and see every earlier key
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
         y = self.attend(q, k, v, mask)
@@ -202,14 +221,14 @@ class Block(nn.Module):
         # resid_mix[0] weighs the residual stream, resid_mix[1] the embedding stream x0
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.d_model), torch.zeros(cfg.d_model)))) if cfg.resid_mix else None
 
-    def forward(self, x, x0, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None):
+    def forward(self, x, x0, cache: KVCache | None = None, layer: int = 0, shared: Shared | None = None):
         if self.resid_mix is not None:
             mix = self.resid_mix.to(x.dtype)
             x = mix[0] * x + mix[1] * x0
         if self.post_norm:  # the original Transformer: normalize after each residual addition
-            x = self._norm(self.attn_norm, x + self._scaled(self.attn(x, cache, layer, mask), self.attn_scale))
+            x = self._norm(self.attn_norm, x + self._scaled(self.attn(x, cache, layer, shared), self.attn_scale))
             return self._norm(self.mlp_norm, x + self._scaled(self.mlp(x), self.mlp_scale))
-        a = self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer, mask), self.attn_scale)
+        a = self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer, shared), self.attn_scale)
         if self.parallel:  # attention and MLP read the same input (GPT-J, PaLM)
             return x + a + self._scaled(self.mlp(self._norm(self.mlp_norm, x)), self.mlp_scale)
         x = x + a
@@ -278,12 +297,12 @@ class GPT(nn.Module):
         if self.cfg.embed_norm:
             x = F.rms_norm(x, (x.size(-1),))
         x0 = x
-        mask = self.document_mask(idx, cache) if self.cfg.doc_mask else None
+        shared = Shared(mask=self.document_mask(idx, cache) if self.cfg.doc_mask else None)
         skips = []
         for i, b in enumerate(self.order):  # i: depth step (its own cache slot), b: the block applied
             if self.skip_weights is not None and i >= self.n_encoder and skips:
                 x = x + self.skip_weights[i - self.n_encoder].to(x.dtype) * skips.pop()
-            x = self.blocks[b](x, x0, cache, i, mask)
+            x = self.blocks[b](x, x0, cache, i, shared)
             if i < self.n_encoder:
                 skips.append(x)
         if cache is not None:

@@ -45,7 +45,7 @@ VARIANTS = [
     dict(attn_softcap=20.0, attn_gate="head", n_kv_head=2),
     dict(attn_gate="element", doc_mask=True, bos_id=0, attn_softcap=5.0),
     dict(n_layer=2, depth_pattern="0,1,0,1,1", unet_skips=True, n_kv_head=2),
-    dict(embed_rank=8),
+    dict(embed_rank=8, value_residual=True, n_layer=3, n_kv_head=2),
     dict(embed_rank=8, tie_embeddings=False, positions="learned"),
 ]
 
@@ -317,3 +317,23 @@ def test_factorized_embedding_parameters():
     assert count.params_by_group["embedding"] == 64 * 8 + 8 * 32
     full = count_module(GPT(tiny()))
     assert full.params - count.params == 64 * 32 - (64 * 8 + 8 * 32)
+
+
+def test_value_residual_mixes_first_layer_values():
+    torch.manual_seed(0)
+    model = GPT(tiny(value_residual=True, n_layer=3, positions="none"))
+    assert model.blocks[0].attn.v_mix is None and model.blocks[1].attn.v_mix.tolist() == [0.5, 0.5]
+    assert count_module(model).params - count_module(GPT(tiny(n_layer=3))).params == 4
+    from lmgolf.model import Shared
+    x0 = torch.randn(1, 5, 32)
+    shared = Shared()
+    model.blocks[0].attn(x0, shared=shared)
+    attn = model.blocks[1].attn
+    with torch.no_grad():
+        attn.v_mix.copy_(torch.tensor([0.0, 1.0]))  # all first-layer values
+    x1 = torch.randn(1, 5, 32)
+    first_v = model.blocks[0].attn.v(x0).view(1, 5, 4, 8).transpose(1, 2)
+    q = attn.q(x1).view(1, 5, 4, 8).transpose(1, 2)
+    k = attn.k(x1).view(1, 5, 4, 8).transpose(1, 2)
+    expected = attn.proj(reference_attention(q, k, first_v).transpose(1, 2).reshape(1, 5, 32))
+    assert torch.allclose(attn(x1, shared=shared), expected, atol=1e-5)
