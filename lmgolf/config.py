@@ -48,6 +48,9 @@ class ModelConfig:
     leaky_slope: float = 0.5            # negative slope of leaky_relu2
     mlp_mult: float = 4.0               # hidden = mlp_mult * d_model, unless mlp_hidden is set
     mlp_hidden: int | None = None
+    moe_experts: int = 0                # mixture of experts: this many MLPs per block, top-k routed; 0: a dense MLP
+    moe_top_k: int = 2
+    moe_aux_weight: float = 0.01        # weight of the load-balance loss added to the training loss
     bias: bool = False                  # biases in linear layers and LayerNorm
     tie_embeddings: bool = True
     logit_softcap: float | None = None  # logits <- c * tanh(logits / c)
@@ -127,6 +130,9 @@ class ModelConfig:
                               f"0..{self.n_layer - 1} and no other, got {self.depth_pattern!r}")
         if self.embed_rank is not None and not 0 < self.embed_rank:
             raise LmgolfError("config field model.embed_rank: must be > 0 (or null for a full table)")
+        if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise LmgolfError(f"config fields model.moe_top_k and model.moe_experts: top-k {self.moe_top_k} must lie "
+                              f"in [1, {self.moe_experts}]")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

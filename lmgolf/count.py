@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmgolf.config import ModelConfig
-from lmgolf.model import GPT
+from lmgolf.model import GPT, MoE
 
 GROUPS = ("embedding", "bigram", "positions", "attention", "mlp", "norms", "scales", "skips", "head")
 
@@ -64,7 +64,8 @@ def count_module(model: GPT) -> ModelCount:
         groups[parameter_group(name)] += p.numel()
     linear = lambda module: sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))  # noqa: E731
     in_blocks = sum(linear(b) for b in model.blocks)
-    matmul = linear(model) - in_blocks + sum(linear(model.blocks[b]) for b in model.order)  # reused blocks count per use
+    per_use = [linear(b) - _idle_experts(b) for b in model.blocks]  # an MoE token runs only its top-k experts
+    matmul = linear(model) - in_blocks + sum(per_use[b] for b in model.order)  # reused blocks count per use
     if model.head is None:  # the tied head multiplies by the embedding matrix (and the factorized projection)
         matmul += model.tok_emb.weight.numel()
         matmul += model.emb_proj.weight.numel() if model.emb_proj is not None else 0
@@ -72,6 +73,14 @@ def count_module(model: GPT) -> ModelCount:
     attn_width = cfg.n_head * cfg.head_size
     attention = 12 * len(model.order) * attn_width * cfg.context
     return ModelCount({g: n for g, n in groups.items() if n}, matmul, attention)
+
+
+def _idle_experts(block) -> int:
+    mlp = block.mlp
+    if not isinstance(mlp, MoE):
+        return 0
+    expert = sum(m.weight.numel() for m in mlp.experts[0].modules() if isinstance(m, nn.Linear))
+    return (len(mlp.experts) - mlp.top_k) * expert
 
 
 def count_config(cfg: ModelConfig) -> ModelCount:

@@ -207,12 +207,42 @@ class MLP(nn.Module):
         return self.proj(h)
 
 
+class MoE(nn.Module):
+    """Mixture of experts: a router picks each token's top-k experts (MLPs) and mixes their outputs
+    with the renormalized router probabilities. Every token is processed (no capacity, no dropping),
+    so the layer stays causal. `aux_loss` is the Switch Transformer load-balance loss of the last
+    forward pass and `usage` the share of routed slots each expert got."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.top_k = cfg.moe_top_k
+        self.router = nn.Linear(cfg.d_model, cfg.moe_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.moe_experts))
+        self.aux_loss = torch.zeros(())
+        self.usage = torch.zeros(cfg.moe_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))
+        probs = self.router(flat).float().softmax(-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token, slot = (chosen == e).nonzero(as_tuple=True)
+            if token.numel():
+                out.index_add_(0, token, expert(flat[token]) * weights[token, slot, None].to(flat.dtype))
+        routed = torch.zeros_like(probs).scatter_(1, chosen, 1.0).mean(0) / self.top_k  # share of slots
+        self.aux_loss = len(self.experts) * (routed * probs.mean(0)).sum()
+        self.usage = routed.detach()
+        return out.view_as(x)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         norm = lambda: Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps)  # noqa: E731
         self.attn_norm, self.attn = norm(), Attention(cfg, layer)
-        self.mlp_norm, self.mlp = norm(), MLP(cfg)
+        self.mlp_norm, self.mlp = norm(), (MoE(cfg) if cfg.moe_experts else MLP(cfg))
         self.post_norm = cfg.norm_position == "post"
         self.parallel = cfg.parallel_from is not None and layer >= cfg.parallel_from
         self.norm_scale = 1 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
@@ -356,6 +386,15 @@ class GPT(nn.Module):
         causal = k_pos[None, :] <= q_pos[:, None]
         return (causal[None] & (docs[:, :, None] == keys[:, None, :]))[:, None]
 
+    def aux_loss(self) -> torch.Tensor | float:
+        """The weighted auxiliary losses of the last forward pass (MoE load balance), 0 when there are none."""
+        moe = [m.aux_loss for m in self.modules() if isinstance(m, MoE)]
+        return self.cfg.moe_aux_weight * torch.stack(moe).mean() if moe else 0.0
+
+    def expert_usage(self) -> list[list[float]]:
+        """Per MoE layer, the share of routed slots each expert took in the last forward pass."""
+        return [[round(u, 4) for u in m.usage.tolist()] for m in self.modules() if isinstance(m, MoE)]
+
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1)) + self.aux_loss()

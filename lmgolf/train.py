@@ -107,7 +107,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     def loss_of(x, y):
         with autocast(device, dtype):
             logits = net(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)) + model.aux_loss()
 
     if want_compile(cfg.train.compile, device):  # compile outside the clock: one forward and backward
         x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps)
@@ -159,8 +159,9 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
                 print(f"step {step}: loss {train_loss:.4f}, {tok_s:,.0f} tokens/s, {elapsed:.0f} s, "
                       f"{budget_progress(cfg, step, elapsed):.0%} of the budget", flush=True)
             if step % cfg.train.log_every == 0 or step == 1:
+                extra = {"expert_usage": model.expert_usage()} if cfg.model.moe_experts else {}
                 log.write(step=step, loss=train_loss, lr_mult=lr_multiplier(fraction, cfg.train), elapsed=elapsed,
-                          tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token)
+                          tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token, **extra)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
             _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:

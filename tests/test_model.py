@@ -47,6 +47,7 @@ VARIANTS = [
     dict(n_layer=2, depth_pattern="0,1,0,1,1", unet_skips=True, n_kv_head=2),
     dict(embed_rank=8, value_residual=True, n_layer=3, n_kv_head=2),
     dict(embed_rank=8, tie_embeddings=False, positions="learned"),
+    dict(moe_experts=4, moe_top_k=2, mlp="swiglu", n_kv_head=2),
 ]
 
 
@@ -84,7 +85,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-10:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-11:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -337,3 +338,22 @@ def test_value_residual_mixes_first_layer_values():
     k = attn.k(x1).view(1, 5, 4, 8).transpose(1, 2)
     expected = attn.proj(reference_attention(q, k, first_v).transpose(1, 2).reshape(1, 5, 32))
     assert torch.allclose(attn(x1, shared=shared), expected, atol=1e-5)
+
+
+def test_moe_routes_top_k_and_balances():
+    from lmgolf.model import MoE
+    torch.manual_seed(0)
+    cfg = tiny(moe_experts=4, moe_top_k=1)
+    moe = MoE(cfg)
+    x = torch.randn(2, 6, 32)
+    out = moe(x)
+    flat = x.reshape(-1, 32)
+    chosen = moe.router(flat).argmax(-1)
+    expected = torch.stack([moe.experts[int(e)](flat[i]) for i, e in enumerate(chosen)])  # top-1: weight 1
+    assert torch.allclose(out.reshape(-1, 32), expected, atol=1e-5)
+    assert moe.usage.sum().item() == pytest.approx(1.0)
+    assert 0 < moe.aux_loss.item() < 4
+    model = GPT(tiny(moe_experts=4, moe_top_k=2))
+    assert count_module(model).params_by_group["mlp"] == 2 * (4 * 3 * 32 * 128 + 32 * 4)  # 2 layers of 4 SwiGLU experts + router
+    model(torch.randint(0, 64, (1, 8)))
+    assert len(model.expert_usage()) == 2 and torch.is_tensor(model.aux_loss())
