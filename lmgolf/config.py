@@ -48,6 +48,10 @@ class ModelConfig:
     leaky_slope: float = 0.5            # negative slope of leaky_relu2
     mlp_mult: float = 4.0               # hidden = mlp_mult * d_model, unless mlp_hidden is set
     mlp_hidden: int | None = None
+    ssm_layers: str = ""                # blocks whose token mixer is a selective SSM instead of attention: "all" or "1,3"
+    ssm_state: int = 16                 # SSM state size N per channel
+    ssm_expand: int = 2                 # SSM inner width = ssm_expand x d_model
+    ssm_conv: int = 4                   # SSM causal depthwise convolution width
     moe_experts: int = 0                # mixture of experts: this many MLPs per block, top-k routed; 0: a dense MLP
     moe_top_k: int = 2
     moe_aux_weight: float = 0.01        # weight of the load-balance loss added to the training loss
@@ -87,6 +91,18 @@ class ModelConfig:
             return [int(i) for i in self.depth_pattern.split(",")]
         except ValueError:
             raise LmgolfError(f"config field model.depth_pattern: {self.depth_pattern!r} is not a comma-separated "
+                              "list of block indices") from None
+
+    @property
+    def ssm_blocks(self) -> set[int]:
+        if self.ssm_layers.strip() == "all":
+            return set(range(self.n_layer))
+        if not self.ssm_layers.strip():
+            return set()
+        try:
+            return {int(i) for i in self.ssm_layers.split(",")}
+        except ValueError:
+            raise LmgolfError(f"config field model.ssm_layers: {self.ssm_layers!r} is not 'all' or a comma-separated "
                               "list of block indices") from None
 
     @property
@@ -133,6 +149,11 @@ class ModelConfig:
         if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
             raise LmgolfError(f"config fields model.moe_top_k and model.moe_experts: top-k {self.moe_top_k} must lie "
                               f"in [1, {self.moe_experts}]")
+        if any(not 0 <= i < self.n_layer for i in self.ssm_blocks):
+            raise LmgolfError(f"config fields model.ssm_layers and model.n_layer: {self.ssm_layers!r} names a block "
+                              f"outside 0..{self.n_layer - 1}")
+        if min(self.ssm_state, self.ssm_expand, self.ssm_conv - 1) < 1:
+            raise LmgolfError("config fields model.ssm_state, ssm_expand and ssm_conv: must be >= 1, >= 1 and >= 2")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

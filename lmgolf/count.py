@@ -16,7 +16,7 @@ from torch import nn
 from lmgolf.config import ModelConfig
 from lmgolf.model import GPT, MoE
 
-GROUPS = ("embedding", "bigram", "positions", "attention", "mlp", "norms", "scales", "skips", "head")
+GROUPS = ("embedding", "bigram", "positions", "attention", "ssm", "mlp", "norms", "scales", "skips", "head")
 
 
 def parameter_group(name: str) -> str:
@@ -30,6 +30,8 @@ def parameter_group(name: str) -> str:
         return "head"
     if name.startswith("skip_weights"):
         return "skips"
+    if ".ssm." in name:
+        return "ssm"
     if ".attn." in name and not name.endswith(("q_gain", "v_mix")):
         return "attention"
     if ".mlp." in name:
@@ -71,7 +73,7 @@ def count_module(model: GPT) -> ModelCount:
         matmul += model.emb_proj.weight.numel() if model.emb_proj is not None else 0
     cfg = model.cfg
     attn_width = cfg.n_head * cfg.head_size
-    attention = 12 * len(model.order) * attn_width * cfg.context
+    attention = 12 * sum(model.blocks[b].attn is not None for b in model.order) * attn_width * cfg.context
     return ModelCount({g: n for g, n in groups.items() if n}, matmul, attention)
 
 

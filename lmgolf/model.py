@@ -113,6 +113,7 @@ class Shared:
     """What the blocks of one forward pass share: the attention mask (None: plain causal) and the
     first layer's values (for value residuals)."""
     mask: torch.Tensor | None = None
+    docs: torch.Tensor | None = None     # (batch, T) document index of each position, when doc_mask is on
     v_first: torch.Tensor | None = None
 
 
@@ -187,6 +188,64 @@ class Attention(nn.Module):
         return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
 
 
+class SelectiveSSM(nn.Module):
+    """A Mamba-style selective state space mixer (Gu and Dao 2023) in plain PyTorch:
+    in-projection to a signal u and a gate z; a causal depthwise convolution and SiLU on u; input-
+    dependent step dt, input matrix B and output matrix C; the scan h_t = exp(dt_t A) h_(t-1) + dt_t B_t u_t,
+    y_t = C_t h_t + D u_t; then y * SiLU(z) and an out-projection. With document masking the state is
+    reset at a BOS and the convolution does not reach into the previous document."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, width, n = cfg.d_model, cfg.ssm_expand * cfg.d_model, cfg.ssm_state
+        self.width, self.n_state, self.k = width, n, cfg.ssm_conv
+        self.dt_rank = math.ceil(d / 16)
+        self.in_proj = nn.Linear(d, 2 * width, bias=False)
+        self.conv = nn.Parameter(torch.full((width, self.k), 1.0 / self.k))
+        self.conv_bias = nn.Parameter(torch.zeros(width))
+        self.x_proj = nn.Linear(width, self.dt_rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, width, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(width, 1))
+        self.D = nn.Parameter(torch.ones(width))
+        self.out_proj = nn.Linear(width, d, bias=False)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                shared: Shared | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        docs = shared.docs if shared is not None else None
+        past = cache.layers[layer] if cache is not None else None
+        if past is None:
+            past = (u.new_zeros(B, self.k - 1, self.width), None if docs is None else docs.new_full((B, self.k - 1), -1),
+                    torch.zeros(B, self.width, self.n_state, device=x.device))
+        tail, tail_docs, h = past
+        seq = torch.cat((tail.to(u.dtype), u), dim=1)
+        seq_docs = None if docs is None else torch.cat((tail_docs, docs), dim=1)
+        conv = self.conv_bias.to(u.dtype).expand_as(u)
+        for lag in range(self.k):  # position t reads u_(t - lag), weighted by conv[:, k - 1 - lag]
+            shifted = seq[:, self.k - 1 - lag:self.k - 1 - lag + T]
+            if seq_docs is not None:
+                shifted = shifted * (seq_docs[:, self.k - 1 - lag:self.k - 1 - lag + T] == docs).unsqueeze(-1)
+            conv = conv + shifted * self.conv[:, self.k - 1 - lag].to(u.dtype)
+        u = F.silu(conv)
+        dt, b_in, c_out = self.x_proj(u).split((self.dt_rank, self.n_state, self.n_state), dim=-1)
+        dt = F.softplus(self.dt_proj(dt)).float()
+        a = -torch.exp(self.A_log.float())
+        # the state carries over from t - 1 unless a new document starts at t
+        keep = torch.ones(B, T, device=x.device) if docs is None else (docs == seq_docs[:, self.k - 2:-1]).float()
+        ys = []
+        uf, bf, cf = u.float(), b_in.float(), c_out.float()
+        for t in range(T):
+            h = torch.exp(dt[:, t, :, None] * a) * h * keep[:, t, None, None] \
+                + dt[:, t, :, None] * bf[:, t, None, :] * uf[:, t, :, None]
+            ys.append((h * cf[:, t, None, :]).sum(-1))
+        y = torch.stack(ys, dim=1) + self.D.float() * uf
+        if cache is not None:
+            cache.layers[layer] = (seq[:, -(self.k - 1):] if self.k > 1 else seq[:, :0],
+                                   None if seq_docs is None else seq_docs[:, -(self.k - 1):], h)
+        return self.out_proj((y * F.silu(z.float())).to(x.dtype))
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -241,7 +300,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         norm = lambda: Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps)  # noqa: E731
-        self.attn_norm, self.attn = norm(), Attention(cfg, layer)
+        is_ssm = layer in cfg.ssm_blocks
+        self.attn_norm = norm()  # the token mixer's norm, attention or SSM
+        self.attn = None if is_ssm else Attention(cfg, layer)
+        self.ssm = SelectiveSSM(cfg) if is_ssm else None
         self.mlp_norm, self.mlp = norm(), (MoE(cfg) if cfg.moe_experts else MLP(cfg))
         self.post_norm = cfg.norm_position == "post"
         self.parallel = cfg.parallel_from is not None and layer >= cfg.parallel_from
@@ -256,13 +318,17 @@ class Block(nn.Module):
             mix = self.resid_mix.to(x.dtype)
             x = mix[0] * x + mix[1] * x0
         if self.post_norm:  # the original Transformer: normalize after each residual addition
-            x = self._norm(self.attn_norm, x + self._scaled(self.attn(x, cache, layer, shared), self.attn_scale))
+            x = self._norm(self.attn_norm, x + self._scaled(self.mixer(x, cache, layer, shared), self.attn_scale))
             return self._norm(self.mlp_norm, x + self._scaled(self.mlp(x), self.mlp_scale))
-        a = self._scaled(self.attn(self._norm(self.attn_norm, x), cache, layer, shared), self.attn_scale)
+        a = self._scaled(self.mixer(self._norm(self.attn_norm, x), cache, layer, shared), self.attn_scale)
         if self.parallel:  # attention and MLP read the same input (GPT-J, PaLM)
             return x + a + self._scaled(self.mlp(self._norm(self.mlp_norm, x)), self.mlp_scale)
         x = x + a
         return x + self._scaled(self.mlp(self._norm(self.mlp_norm, x)), self.mlp_scale)
+
+    @property
+    def mixer(self) -> nn.Module:
+        return self.attn if self.attn is not None else self.ssm
 
     def _norm(self, norm: Norm, x: torch.Tensor) -> torch.Tensor:
         return norm(x) * self.norm_scale if self.norm_scale != 1.0 else norm(x)
@@ -327,7 +393,7 @@ class GPT(nn.Module):
         if self.cfg.embed_norm:
             x = F.rms_norm(x, (x.size(-1),))
         x0 = x
-        shared = Shared(mask=self.document_mask(idx, cache) if self.cfg.doc_mask else None)
+        shared = Shared(*self.document_mask(idx, cache)) if self.cfg.doc_mask else Shared()
         skips = []
         for i, b in enumerate(self.order):  # i: depth step (its own cache slot), b: the block applied
             if self.skip_weights is not None and i >= self.n_encoder and skips:
@@ -368,9 +434,9 @@ class GPT(nn.Module):
             cache.last_token = idx[:, -1:]
         return x
 
-    def document_mask(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        """Allowed (query, key) pairs: the key is not later and lies in the same document; a BOS token
-        opens a new document."""
+    def document_mask(self, idx: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Allowed (query, key) pairs (the key is not later and lies in the same document; a BOS token
+        opens a new document) and the document index of each new position."""
         if self.cfg.bos_id is None:
             raise ValueError("model.doc_mask needs model.bos_id (training sets it from the data folder)")
         docs = torch.cumsum(idx == self.cfg.bos_id, dim=1)
@@ -384,7 +450,7 @@ class GPT(nn.Module):
         q_pos = torch.arange(start, keys.size(1), device=idx.device)
         k_pos = torch.arange(keys.size(1), device=idx.device)
         causal = k_pos[None, :] <= q_pos[:, None]
-        return (causal[None] & (docs[:, :, None] == keys[:, None, :]))[:, None]
+        return (causal[None] & (docs[:, :, None] == keys[:, None, :]))[:, None], docs
 
     def aux_loss(self) -> torch.Tensor | float:
         """The weighted auxiliary losses of the last forward pass (MoE load balance), 0 when there are none."""

@@ -61,7 +61,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, ns_dtype: torch.dtype =
         no_decay = [p for _, p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return [torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, **fused)]
-    matrices = [p for n, p in params if p.dim() == 2 and n.startswith("blocks.")]
+    matrices = [p for n, p in params if p.dim() == 2 and n.startswith("blocks.") and n.endswith(".weight")]
     embeds = [p for n, p in params if n.startswith(("tok_emb", "pos_emb", "bigram.table"))]
     head = [p for n, p in params if n.startswith("head")]
     chosen = {id(p) for p in matrices + embeds + head}

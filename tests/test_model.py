@@ -48,6 +48,8 @@ VARIANTS = [
     dict(embed_rank=8, value_residual=True, n_layer=3, n_kv_head=2),
     dict(embed_rank=8, tie_embeddings=False, positions="learned"),
     dict(moe_experts=4, moe_top_k=2, mlp="swiglu", n_kv_head=2),
+    dict(ssm_layers="all", ssm_state=4, n_layer=2),
+    dict(ssm_layers="1", ssm_state=4, n_layer=3, doc_mask=True, bos_id=0),
 ]
 
 
@@ -85,7 +87,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-11:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-13:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -357,3 +359,36 @@ def test_moe_routes_top_k_and_balances():
     assert count_module(model).params_by_group["mlp"] == 2 * (4 * 3 * 32 * 128 + 32 * 4)  # 2 layers of 4 SwiGLU experts + router
     model(torch.randint(0, 64, (1, 8)))
     assert len(model.expert_usage()) == 2 and torch.is_tensor(model.aux_loss())
+
+
+def test_ssm_state_does_not_cross_a_bos_with_document_masking():
+    torch.manual_seed(0)
+    cfg = tiny(ssm_layers="all", ssm_state=4, doc_mask=True, bos_id=0)
+    model = GPT(cfg)
+    x = torch.randint(1, cfg.vocab_size, (1, 12))
+    x[0, 7] = 0
+    y = x.clone()
+    y[0, :7] = (y[0, :7] + 1) % (cfg.vocab_size - 1) + 1
+    assert torch.allclose(model(x)[0, 7:], model(y)[0, 7:], atol=1e-5)
+    unmasked = GPT(tiny(ssm_layers="all", ssm_state=4))
+    assert not torch.allclose(unmasked(x)[0, 7:], unmasked(y)[0, 7:], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(ssm_layers="all"), dict(ssm_layers="0", doc_mask=True, bos_id=0)])
+def test_ssm_with_cache_matches_full_pass(kw):
+    from lmgolf.model import KVCache
+    torch.manual_seed(0)
+    cfg = tiny(ssm_state=4, **kw)
+    model = GPT(cfg).eval()
+    x = torch.randint(1, cfg.vocab_size, (2, 12))
+    x[:, 0], x[1, 6] = 0, 0
+    cache = KVCache(cfg.n_layer)
+    steps = [model(x[:, :5], cache)] + [model(x[:, t:t + 1], cache) for t in range(5, 12)]
+    assert torch.allclose(torch.cat(steps, dim=1), model(x), atol=1e-4)
+
+
+def test_hybrid_counts_attention_flops_only_for_attention_layers():
+    hybrid = count_module(GPT(tiny(n_layer=4, ssm_layers="1,2")))
+    flat = count_module(GPT(tiny(n_layer=4)))
+    assert hybrid.attention_flops_per_token == flat.attention_flops_per_token // 2
+    assert "ssm" in hybrid.params_by_group
