@@ -7,7 +7,8 @@ from lmgolf.config import ModelConfig, load_config, load_preset
 from lmgolf.count import count_config, count_module
 from lmgolf.model import GPT
 
-PRESET_PARAMS = {"pg-baseline": 17_059_912, "s1-option-a": 35_763_840, "nanogpt-shakespeare-char": 10_745_088}
+PRESET_PARAMS = {"pg-baseline": 17_059_912, "s1-option-a": 35_763_840, "nanogpt-shakespeare-char": 10_745_088,
+                 "s1-option-b": 31_740_416, "s1-option-c": 33_460_992, "mobilellm-125m": 124_635_456}
 
 
 @pytest.mark.parametrize("name,expected", PRESET_PARAMS.items())
