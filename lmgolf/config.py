@@ -62,6 +62,7 @@ class ModelConfig:
     bos_id: int | None = None           # the document delimiter; training sets it from the data folder
     attn_softcap: float | None = None   # attention scores <- c * tanh(scores / c) (Gemma 2); runs without fused SDPA
     attn_gate: str = "none"             # none | head | element: output times sigmoid(linear(x)) (gated attention)
+    diff_attn: bool = False             # differential attention (Diff Transformer): two softmax maps, learned lambda
     value_residual: bool = False        # every layer after the first mixes the first layer's values into its own
     exclusive_attn: bool = False        # remove each attention output's component along its own token's value
     parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
@@ -154,6 +155,9 @@ class ModelConfig:
                               f"outside 0..{self.n_layer - 1}")
         if min(self.ssm_state, self.ssm_expand, self.ssm_conv - 1) < 1:
             raise LmgolfError("config fields model.ssm_state, ssm_expand and ssm_conv: must be >= 1, >= 1 and >= 2")
+        if self.diff_attn and (self.head_size % 4 or self.rope_dims is not None):
+            raise LmgolfError("config fields model.diff_attn and model.head_dim/rope_dims: differential attention needs "
+                              "a head size divisible by 4 and full RoPE")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

@@ -73,7 +73,10 @@ def count_module(model: GPT) -> ModelCount:
         matmul += model.emb_proj.weight.numel() if model.emb_proj is not None else 0
     cfg = model.cfg
     attn_width = cfg.n_head * cfg.head_size
-    attention = 12 * sum(model.blocks[b].attn is not None for b in model.order) * attn_width * cfg.context
+    # per attention layer: QK^T and AV, 2 x context x width FLOPs each per token forward; differential
+    # attention runs QK^T on two half-width maps and AV twice: 3 instead of 2 such products
+    products = sum(0 if model.blocks[b].attn is None else 3 if cfg.diff_attn else 2 for b in model.order)
+    attention = 6 * products * attn_width * cfg.context
     return ModelCount({g: n for g, n in groups.items() if n}, matmul, attention)
 
 

@@ -129,7 +129,12 @@ class Attention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((self.n_head,), cfg.q_gain)) if cfg.q_gain is not None else None
         nope_layer = cfg.nope_every and (layer + 1) % cfg.nope_every == 0
         use_rope = cfg.positions == "rope" and not nope_layer
-        self.rotary = Rotary(cfg.rope_dims or self.hd, cfg.rope_base) if use_rope else None
+        self.diff = cfg.diff_attn
+        rope_dims = self.hd // 2 if self.diff else (cfg.rope_dims or self.hd)  # diff: each half is its own head
+        self.rotary = Rotary(rope_dims, cfg.rope_base) if use_rope else None
+        if self.diff:  # lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init, with lambda_init by depth
+            self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer)
+            self.lambdas = nn.Parameter(torch.randn(4, self.hd // 2) * 0.1)
         self.exclusive = cfg.exclusive_attn
         self.softcap = cfg.attn_softcap
         self.keeps_v_first = cfg.value_residual and layer == 0
@@ -150,7 +155,7 @@ class Attention(nn.Module):
             q, k = F.rms_norm(q, (self.hd,)), F.rms_norm(k, (self.hd,))
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, start), self.rotary(k, start)
+            q, k = self._rotate(q, start), self._rotate(k, start)
         if self.q_gain is not None:
             q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         if self.keeps_v_first:
@@ -166,7 +171,7 @@ class Attention(nn.Module):
         mask = shared.mask
         if mask is None and start > 0:  # new queries sit at positions start..start+T-1 and see every earlier key
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = self.attend(q, k, v, mask)
+        y = self.differential(q, k, v, mask) if self.diff else self.attend(q, k, v, mask)
         if self.exclusive:  # exclusive self-attention: keep only what is orthogonal to the token's own value
             own = v[:, :, -T:]
             y = y - (y * own).sum(-1, keepdim=True) / own.square().sum(-1, keepdim=True).clamp_min(1e-6) * own
@@ -175,13 +180,29 @@ class Attention(nn.Module):
             y = y * g.to(y.dtype)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
+    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        if not self.diff:
+            return self.rotary(x, start)
+        half = self.hd // 2
+        return torch.cat((self.rotary(x[..., :half], start), self.rotary(x[..., half:], start)), dim=-1)
+
+    def differential(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+        """(softmax(q1 k1^T) - lambda softmax(q2 k2^T)) v, per-head RMS-normalized, times (1 - lambda_init)."""
+        half = self.hd // 2
+        lq1, lk1, lq2, lk2 = self.lambdas.float()
+        lam = torch.exp((lq1 * lk1).sum()) - torch.exp((lq2 * lk2).sum()) + self.lambda_init
+        y1 = self.attend(q[..., :half], k[..., :half], v, mask)
+        y2 = self.attend(q[..., half:], k[..., half:], v, mask)
+        y = y1 - lam.to(y1.dtype) * y2
+        return F.rms_norm(y, (self.hd,)) * (1 - self.lambda_init)
+
     def attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v over the allowed keys (plain causal when mask is None)."""
         if self.softcap is None:
             if mask is None:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.hd)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
         scores = self.softcap * torch.tanh(scores / self.softcap)
         if mask is None:
             mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()

@@ -49,6 +49,8 @@ VARIANTS = [
     dict(embed_rank=8, value_residual=True, n_layer=3, n_kv_head=2),
     dict(embed_rank=8, tie_embeddings=False, positions="learned"),
     dict(moe_experts=4, moe_top_k=2, mlp="swiglu", n_kv_head=2),
+    dict(diff_attn=True, n_kv_head=2, attn_gate="head"),
+    dict(diff_attn=True, doc_mask=True, bos_id=0, attn_softcap=10.0, positions="none"),
     dict(ssm_layers="all", ssm_state=4, n_layer=2),
     dict(ssm_layers="1", ssm_state=4, n_layer=3, doc_mask=True, bos_id=0),
 ]
@@ -88,7 +90,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-13:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-15:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -393,3 +395,28 @@ def test_hybrid_counts_attention_flops_only_for_attention_layers():
     flat = count_module(GPT(tiny(n_layer=4)))
     assert hybrid.attention_flops_per_token == flat.attention_flops_per_token // 2
     assert "ssm" in hybrid.params_by_group
+
+
+def test_differential_attention_matches_a_reference():
+    from lmgolf.model import Attention
+    torch.manual_seed(0)
+    cfg = tiny(diff_attn=True, positions="none")
+    attn = Attention(cfg, layer=2)
+    x = torch.randn(1, 7, 32)
+    H, d = 4, 8
+    q = attn.q(x).view(1, 7, H, d).transpose(1, 2)
+    k = attn.k(x).view(1, 7, H, d).transpose(1, 2)
+    v = attn.v(x).view(1, 7, H, d).transpose(1, 2)
+    causal = torch.ones(7, 7).triu(1).bool()
+
+    def softmax_map(qh, kh):
+        return (qh @ kh.transpose(-2, -1) / (d // 2) ** 0.5).masked_fill(causal, float("-inf")).softmax(-1)
+
+    lq1, lk1, lq2, lk2 = attn.lambdas
+    lambda_init = 0.8 - 0.6 * torch.exp(torch.tensor(-0.3 * 2))
+    lam = torch.exp(lq1 @ lk1) - torch.exp(lq2 @ lk2) + lambda_init
+    a = softmax_map(q[..., :4], k[..., :4]) - lam * softmax_map(q[..., 4:], k[..., 4:])
+    y = a @ v
+    y = y / y.pow(2).mean(-1, keepdim=True).add(torch.finfo(y.dtype).eps).sqrt() * (1 - lambda_init)
+    expected = attn.proj(y.transpose(1, 2).reshape(1, 7, 32))
+    assert torch.allclose(attn(x), expected, atol=1e-5)
