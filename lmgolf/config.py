@@ -68,6 +68,10 @@ class ModelConfig:
     parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
     depth_pattern: str = ""             # depth recurrence: block indices in the order applied, e.g. "0,1,2,3,0,1,2,3"
                                         # (n_layer unique blocks; "" applies each once, in order)
+    exit_layers: str = ""               # early exit: depths (e.g. "2,4") after which the shared final norm and head
+                                        # also predict; trained jointly
+    exit_weight: float = 1.0            # weight of the mean early-exit loss in training
+    exit_threshold: float = 0.0         # inference: a token takes the first exit whose top probability reaches this
     unet_skips: bool = False            # first half of the blocks push, second half add (learned weights)
     resid_mix: bool = False             # each block mixes its input with the embedding stream x0 (learned)
     output_scales: bool = False         # learned per-channel scales on attention and MLP outputs
@@ -93,6 +97,14 @@ class ModelConfig:
         except ValueError:
             raise LmgolfError(f"config field model.depth_pattern: {self.depth_pattern!r} is not a comma-separated "
                               "list of block indices") from None
+
+    @property
+    def exit_depths(self) -> list[int]:
+        try:
+            return sorted({int(i) for i in self.exit_layers.split(",")}) if self.exit_layers.strip() else []
+        except ValueError:
+            raise LmgolfError(f"config field model.exit_layers: {self.exit_layers!r} is not a comma-separated list "
+                              "of depths") from None
 
     @property
     def ssm_blocks(self) -> set[int]:
@@ -158,6 +170,11 @@ class ModelConfig:
         if self.diff_attn and (self.head_size % 4 or self.rope_dims is not None):
             raise LmgolfError("config fields model.diff_attn and model.head_dim/rope_dims: differential attention needs "
                               "a head size divisible by 4 and full RoPE")
+        if any(not 1 <= d < len(self.layer_order) for d in self.exit_depths):
+            raise LmgolfError(f"config fields model.exit_layers and model.n_layer: exits must sit at depths 1.."
+                              f"{len(self.layer_order) - 1}, got {self.exit_layers!r}")
+        if not 0 <= self.exit_threshold <= 1:
+            raise LmgolfError("config field model.exit_threshold: must lie in [0, 1]")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

@@ -68,9 +68,11 @@ def count_module(model: GPT) -> ModelCount:
     in_blocks = sum(linear(b) for b in model.blocks)
     per_use = [linear(b) - _idle_experts(b) for b in model.blocks]  # an MoE token runs only its top-k experts
     matmul = linear(model) - in_blocks + sum(per_use[b] for b in model.order)  # reused blocks count per use
+    head = model.head.weight.numel() if model.head is not None else 0
     if model.head is None:  # the tied head multiplies by the embedding matrix (and the factorized projection)
-        matmul += model.tok_emb.weight.numel()
-        matmul += model.emb_proj.weight.numel() if model.emb_proj is not None else 0
+        head = model.tok_emb.weight.numel() + (model.emb_proj.weight.numel() if model.emb_proj is not None else 0)
+        matmul += head
+    matmul += head * len(model.exit_depths)  # each early exit runs the shared head too
     cfg = model.cfg
     attn_width = cfg.n_head * cfg.head_size
     # per attention layer: QK^T and AV, 2 x context x width FLOPs each per token forward; differential

@@ -33,13 +33,15 @@ class EvalResult:
     seconds: float
     context: int
     stride: int
+    avg_depth: float | None = None  # early-exit models: mean depth the evaluated positions used
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def format(self) -> str:
         return (f"val loss {self.loss:.4f} nats/token | {self.bpb:.4f} bits/byte | {self.tokens:,} tokens, "
-                f"{self.bytes:,} bytes | context {self.context}, stride {self.stride} | {self.seconds:.1f} s")
+                f"{self.bytes:,} bytes | context {self.context}, stride {self.stride} | {self.seconds:.1f} s"
+                + (f" | mean exit depth {self.avg_depth:.2f}" if self.avg_depth is not None else ""))
 
 
 def window_plan(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -70,12 +72,14 @@ def evaluate(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, stride
     was_training = model.training
     model.eval()
     started = time.perf_counter()
-    total_nats = 0.0
+    total_nats, depths = 0.0, []
     total_bytes = int(np.asarray(nbytes[1:n], dtype=np.int64).sum())
     bar = progress_bar(total=sum(end - first + 1 for _, end, first in plan), desc="eval", unit="tok", disable=not progress)
     for i in range(0, len(plan), batch_size):  # every window has min(context, n - 1) inputs
         windows = plan[i:i + batch_size]
         total_nats += _score_windows(model, tokens, windows, device, dtype)
+        if getattr(model, "avg_depth", None) is not None:
+            depths.append(model.avg_depth)
         bar.update(sum(end - first + 1 for _, end, first in windows))
     bar.close()
     model.train(was_training)
@@ -86,7 +90,8 @@ def evaluate(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, stride
     scored = n - 1
     loss = total_nats / max(scored, 1)
     return EvalResult(tokens=scored, bytes=total_bytes, loss=loss, bpb=total_nats / math.log(2) / max(total_bytes, 1),
-                      seconds=time.perf_counter() - started, context=context, stride=stride)
+                      seconds=time.perf_counter() - started, context=context, stride=stride,
+                      avg_depth=sum(depths) / len(depths) if depths else None)
 
 
 def _score_windows(model, tokens, windows, device, dtype) -> float:

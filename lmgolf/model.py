@@ -371,6 +371,9 @@ class GPT(nn.Module):
         self.smear = SmearGate(cfg.d_model) if cfg.smear_gate else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.order = cfg.layer_order  # depth steps -> blocks; a block may appear several times (recurrence)
+        self.exit_depths = cfg.exit_depths
+        self.exit_logits: list[torch.Tensor] = []
+        self.avg_depth: float | None = None
         self.n_encoder = len(self.order) // 2 if cfg.unet_skips else 0
         n_skips = min(self.n_encoder, len(self.order) - self.n_encoder)
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.d_model)) if cfg.unet_skips else None
@@ -415,15 +418,25 @@ class GPT(nn.Module):
             x = F.rms_norm(x, (x.size(-1),))
         x0 = x
         shared = Shared(*self.document_mask(idx, cache)) if self.cfg.doc_mask else Shared()
-        skips = []
+        skips, exits = [], []
         for i, b in enumerate(self.order):  # i: depth step (its own cache slot), b: the block applied
             if self.skip_weights is not None and i >= self.n_encoder and skips:
                 x = x + self.skip_weights[i - self.n_encoder].to(x.dtype) * skips.pop()
             x = self.blocks[b](x, x0, cache, i, shared)
             if i < self.n_encoder:
                 skips.append(x)
+            if i + 1 in self.exit_depths:
+                exits.append(x)
         if cache is not None:
             cache.length += idx.size(1)
+        logits = self.output(x)
+        self.exit_logits = [self.output(h) for h in exits]
+        if self.exit_logits and not self.training and self.cfg.exit_threshold > 0:
+            logits = self.early_exit(logits)
+        return logits
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, head and soft-cap: float32 logits."""
         if self.final_norm is not None:
             x = self.final_norm(x)
         if self.head is not None:
@@ -437,6 +450,18 @@ class GPT(nn.Module):
             c = self.cfg.logit_softcap
             logits = c * torch.tanh(logits / c)
         return logits
+
+    def early_exit(self, final: torch.Tensor) -> torch.Tensor:
+        """Each token takes the logits of the first exit whose top probability reaches the threshold
+        (else the last layer's); `avg_depth` records the mean depth the tokens used."""
+        depths = self.exit_depths + [len(self.order)]
+        chosen = torch.full(final.shape[:-1], len(depths) - 1, device=final.device)
+        for j in reversed(range(len(self.exit_logits))):
+            confident = self.exit_logits[j].softmax(-1).amax(-1) >= self.cfg.exit_threshold
+            chosen = torch.where(confident, j, chosen)
+        stacked = torch.stack(self.exit_logits + [final])  # (exits + 1, batch, time, vocab)
+        self.avg_depth = float(torch.tensor(depths, dtype=torch.float32, device=final.device)[chosen].mean())
+        return stacked.gather(0, chosen[None, ..., None].expand(1, *final.shape))[0]
 
     def mix_neighbours(self, idx: torch.Tensor, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         """BigramHash and SmearGate: inputs that read the previous token, never across a BOS."""
@@ -473,10 +498,17 @@ class GPT(nn.Module):
         causal = k_pos[None, :] <= q_pos[:, None]
         return (causal[None] & (docs[:, :, None] == keys[:, None, :]))[:, None], docs
 
-    def aux_loss(self) -> torch.Tensor | float:
-        """The weighted auxiliary losses of the last forward pass (MoE load balance), 0 when there are none."""
+    def extra_loss(self, targets: torch.Tensor) -> torch.Tensor | float:
+        """The weighted extra training losses of the last forward pass: MoE load balance and the mean
+        cross-entropy of the early exits; 0 when the model has neither."""
+        total = 0.0
         moe = [m.aux_loss for m in self.modules() if isinstance(m, MoE)]
-        return self.cfg.moe_aux_weight * torch.stack(moe).mean() if moe else 0.0
+        if moe:
+            total = total + self.cfg.moe_aux_weight * torch.stack(moe).mean()
+        if self.exit_logits:
+            ce = [F.cross_entropy(e.view(-1, e.size(-1)), targets.reshape(-1)) for e in self.exit_logits]
+            total = total + self.cfg.exit_weight * torch.stack(ce).mean()
+        return total
 
     def expert_usage(self) -> list[list[float]]:
         """Per MoE layer, the share of routed slots each expert took in the last forward pass."""
@@ -484,4 +516,4 @@ class GPT(nn.Module):
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(idx)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1)) + self.aux_loss()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1)) + self.extra_loss(targets)

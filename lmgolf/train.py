@@ -107,7 +107,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     def loss_of(x, y):
         with autocast(device, dtype):
             logits = net(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)) + model.aux_loss()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)) + model.extra_loss(y)
 
     if want_compile(cfg.train.compile, device):  # compile outside the clock: one forward and backward
         x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps)

@@ -51,6 +51,8 @@ VARIANTS = [
     dict(moe_experts=4, moe_top_k=2, mlp="swiglu", n_kv_head=2),
     dict(diff_attn=True, n_kv_head=2, attn_gate="head"),
     dict(diff_attn=True, doc_mask=True, bos_id=0, attn_softcap=10.0, positions="none"),
+    dict(exit_layers="1,2", n_layer=3, tie_embeddings=False),
+    dict(exit_layers="1", n_layer=2, embed_rank=8, exit_threshold=0.5),
     dict(ssm_layers="all", ssm_state=4, n_layer=2),
     dict(ssm_layers="1", ssm_state=4, n_layer=3, doc_mask=True, bos_id=0),
 ]
@@ -90,7 +92,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-15:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-17:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -361,7 +363,7 @@ def test_moe_routes_top_k_and_balances():
     model = GPT(tiny(moe_experts=4, moe_top_k=2))
     assert count_module(model).params_by_group["mlp"] == 2 * (4 * 3 * 32 * 128 + 32 * 4)  # 2 layers of 4 SwiGLU experts + router
     model(torch.randint(0, 64, (1, 8)))
-    assert len(model.expert_usage()) == 2 and torch.is_tensor(model.aux_loss())
+    assert len(model.expert_usage()) == 2 and torch.is_tensor(model.extra_loss(torch.zeros(1, 8, dtype=torch.long)))
 
 
 def test_ssm_state_does_not_cross_a_bos_with_document_masking():
@@ -420,3 +422,20 @@ def test_differential_attention_matches_a_reference():
     y = y / y.pow(2).mean(-1, keepdim=True).add(torch.finfo(y.dtype).eps).sqrt() * (1 - lambda_init)
     expected = attn.proj(y.transpose(1, 2).reshape(1, 7, 32))
     assert torch.allclose(attn(x), expected, atol=1e-5)
+
+
+def test_early_exit_trains_jointly_and_picks_confident_exits():
+    torch.manual_seed(0)
+    cfg = tiny(exit_layers="1", n_layer=3)
+    model = GPT(cfg)
+    x = torch.randint(0, 64, (2, 10))
+    logits = model(x)
+    assert len(model.exit_logits) == 1
+    expected_extra = torch.nn.functional.cross_entropy(model.exit_logits[0].view(-1, 64), x.view(-1))
+    assert torch.allclose(model.extra_loss(x), expected_extra)
+    model.eval()
+    model.cfg.exit_threshold = 1.0  # nothing is that confident: every token goes the full depth
+    assert torch.allclose(model(x), logits, atol=1e-6) and model.avg_depth == 3
+    model.cfg.exit_threshold = 1e-9  # everything is: every token leaves at depth 1
+    out = model(x)
+    assert torch.allclose(out, model.exit_logits[0]) and model.avg_depth == 1
