@@ -21,6 +21,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 @dataclass
 class ModelConfig:
     vocab_size: int = 1024
+    family: str = "transformer"         # transformer | linear | mlp (the window models of the small-model ladder)
+    window: int = 8                     # linear/mlp families: how many previous tokens they read
     n_layer: int = 9
     d_model: int = 512
     n_head: int = 8
@@ -123,7 +125,7 @@ class ModelConfig:
         return self.mlp_hidden or int(self.mlp_mult * self.d_model)
 
     def validate(self) -> None:
-        choices = {"positions": ("rope", "learned", "none"), "norm": ("rmsnorm", "layernorm"),
+        choices = {"family": ("transformer", "linear", "mlp"), "positions": ("rope", "learned", "none"), "norm": ("rmsnorm", "layernorm"),
                    "norm_position": ("pre", "post"), "attn_gate": ("none", "head", "element"), "mlp": ("gelu", "swiglu", "relu2", "leaky_relu2")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -175,6 +177,9 @@ class ModelConfig:
                               f"{len(self.layer_order) - 1}, got {self.exit_layers!r}")
         if not 0 <= self.exit_threshold <= 1:
             raise LmgolfError("config field model.exit_threshold: must lie in [0, 1]")
+        if self.family != "transformer" and (self.window < 1 or self.exit_layers.strip() or self.unet_skips):
+            raise LmgolfError(f"config fields model.family and model.window/exit_layers/unet_skips: the {self.family} "
+                              "family needs window >= 1 and has no layers for exits or skips")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

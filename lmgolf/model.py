@@ -59,6 +59,7 @@ class KVCache:
         self.docs: torch.Tensor | None = None  # document index of every cached position (doc_mask models)
         self.last_token: torch.Tensor | None = None  # (batch, 1): for BigramHash and SmearGate
         self.last_embed: torch.Tensor | None = None  # (batch, 1, d_model): SmearGate's previous input
+        self.recent: tuple | None = None  # window models: the last window - 1 inputs and their documents
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         past = self.layers[layer]
@@ -317,6 +318,32 @@ class MoE(nn.Module):
         return out.view_as(x)
 
 
+class WindowPredictor(nn.Module):
+    """The window models of the small-model ladder: the embeddings of the last `window` tokens,
+    concatenated (zeros before the sequence or the document starts), through one linear map (`linear`)
+    or a one-hidden-layer MLP (`mlp`) back to d_model."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.window, width = cfg.window, cfg.window * cfg.d_model
+        self.up = nn.Linear(width, cfg.hidden if cfg.family == "mlp" else cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.hidden, cfg.d_model, bias=cfg.bias) if cfg.family == "mlp" else None
+
+    def forward(self, x: torch.Tensor, docs: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """docs: (batch, T) document index of each position."""
+        B, T, d = x.shape
+        k = self.window - 1
+        past = cache.recent if cache is not None else None
+        before, before_docs = past if past is not None else (x.new_zeros(B, k, d), docs.new_full((B, k), -1))
+        seq, seq_docs = torch.cat((before.to(x.dtype), x), dim=1), torch.cat((before_docs, docs), dim=1)
+        parts = [seq[:, k - lag:k - lag + T] * (seq_docs[:, k - lag:k - lag + T] == docs).unsqueeze(-1)
+                 for lag in range(self.window)]  # the token `lag` steps back, or zeros across a start
+        if cache is not None:
+            cache.recent = (seq[:, seq.size(1) - k:], seq_docs[:, seq.size(1) - k:])
+        h = self.up(torch.cat(parts, dim=-1))
+        return self.proj(F.gelu(h)) if self.proj is not None else h
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
@@ -369,15 +396,17 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
         self.bigram = BigramHash(cfg.bigram_buckets, cfg.bigram_dim, cfg.d_model) if cfg.bigram_buckets else None
         self.smear = SmearGate(cfg.d_model) if cfg.smear_gate else None
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.order = cfg.layer_order  # depth steps -> blocks; a block may appear several times (recurrence)
+        transformer = cfg.family == "transformer"
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer if transformer else 0))
+        self.window_net = None if transformer else WindowPredictor(cfg)
+        self.order = cfg.layer_order if transformer else []  # depth steps -> blocks (recurrence reuses blocks)
         self.exit_depths = cfg.exit_depths
         self.exit_logits: list[torch.Tensor] = []
         self.avg_depth: float | None = None
         self.n_encoder = len(self.order) // 2 if cfg.unet_skips else 0
         n_skips = min(self.n_encoder, len(self.order) - self.n_encoder)
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.d_model)) if cfg.unet_skips else None
-        pre_norm = cfg.norm_position == "pre"
+        pre_norm = cfg.norm_position == "pre" and cfg.family != "linear"  # the linear family stays linear
         self.final_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_gain, cfg.bias, cfg.norm_eps) if pre_norm else None
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
@@ -418,6 +447,8 @@ class GPT(nn.Module):
             x = F.rms_norm(x, (x.size(-1),))
         x0 = x
         shared = Shared(*self.document_mask(idx, cache)) if self.cfg.doc_mask else Shared()
+        if self.window_net is not None:
+            x = self.window_net(x, shared.docs if shared.docs is not None else self.document_ids(idx, cache), cache)
         skips, exits = [], []
         for i, b in enumerate(self.order):  # i: depth step (its own cache slot), b: the block applied
             if self.skip_weights is not None and i >= self.n_encoder and skips:
@@ -479,6 +510,11 @@ class GPT(nn.Module):
         if cache is not None:
             cache.last_token = idx[:, -1:]
         return x
+
+    def document_ids(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """Document index of each position (all 0 when the BOS id is unknown); window models never read
+        across a document start."""
+        return torch.zeros_like(idx) if self.cfg.bos_id is None else self.document_mask(idx, cache)[1]
 
     def document_mask(self, idx: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Allowed (query, key) pairs (the key is not later and lies in the same document; a BOS token

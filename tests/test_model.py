@@ -53,6 +53,8 @@ VARIANTS = [
     dict(diff_attn=True, doc_mask=True, bos_id=0, attn_softcap=10.0, positions="none"),
     dict(exit_layers="1,2", n_layer=3, tie_embeddings=False),
     dict(exit_layers="1", n_layer=2, embed_rank=8, exit_threshold=0.5),
+    dict(family="linear", window=4, positions="none"),
+    dict(family="mlp", window=3, bos_id=0, mlp="relu2"),
     dict(ssm_layers="all", ssm_state=4, n_layer=2),
     dict(ssm_layers="1", ssm_state=4, n_layer=3, doc_mask=True, bos_id=0),
 ]
@@ -92,7 +94,7 @@ def test_causal(kw):
     assert not torch.allclose(a[0, 9:], b[0, 9:])
 
 
-@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-17:]])
+@pytest.mark.parametrize("kw", [dict(n_kv_head=2, qk_norm=True, q_gain=1.5, mlp="relu2"), *VARIANTS[-19:]])
 def test_tiny_model_overfits(kw):
     torch.manual_seed(0)
     cfg = tiny(**kw)
@@ -439,3 +441,40 @@ def test_early_exit_trains_jointly_and_picks_confident_exits():
     model.cfg.exit_threshold = 1e-9  # everything is: every token leaves at depth 1
     out = model(x)
     assert torch.allclose(out, model.exit_logits[0]) and model.avg_depth == 1
+
+
+@pytest.mark.parametrize("family", ["linear", "mlp"])
+def test_window_models_read_exactly_their_window(family):
+    torch.manual_seed(0)
+    cfg = tiny(family=family, window=3, bos_id=0, positions="none")
+    model = GPT(cfg)
+    assert len(model.blocks) == 0 and count_module(model).attention_flops_per_token == 0
+    x = torch.randint(1, 64, (1, 12))
+    base = model(x)[0]
+    for changed, affected in ((4, {4, 5, 6}),):
+        y = x.clone()
+        y[0, changed] = x[0, changed] % 63 + 1
+        moved = {t for t in range(12) if not torch.allclose(model(y)[0, t], base[t], atol=1e-6)}
+        assert moved == affected
+    x[0, 8] = 0  # a document starts at 8: position 8 and later must not see 6 or 7
+    y = x.clone()
+    y[0, 7] = x[0, 7] % 63 + 1
+    assert torch.allclose(model(y)[0, 8:], model(x)[0, 8:], atol=1e-6)
+
+
+def test_window_model_with_cache_matches_full_pass():
+    from lmgolf.model import KVCache
+    torch.manual_seed(0)
+    cfg = tiny(family="mlp", window=4, bos_id=0)
+    model = GPT(cfg).eval()
+    x = torch.randint(1, 64, (2, 12))
+    x[:, 0], x[0, 6] = 0, 0
+    cache = KVCache(0)
+    steps = [model(x[:, :5], cache)] + [model(x[:, t:t + 1], cache) for t in range(5, 12)]
+    assert torch.allclose(torch.cat(steps, dim=1), model(x), atol=1e-5)
+
+
+def test_linear_family_is_linear_in_the_window_embeddings():
+    cfg = tiny(family="linear", window=2, positions="none")
+    model = GPT(cfg)
+    assert model.final_norm is None and count_module(model).params == 64 * 32 + 2 * 32 * 32
