@@ -74,6 +74,7 @@ class ModelConfig:
                                         # also predict; trained jointly
     exit_weight: float = 1.0            # weight of the mean early-exit loss in training
     exit_threshold: float = 0.0         # inference: a token takes the first exit whose top probability reaches this
+    recur_start: float = 0.0            # depth_pattern switches on after this fraction of the training budget
     unet_skips: bool = False            # first half of the blocks push, second half add (learned weights)
     resid_mix: bool = False             # each block mixes its input with the embedding stream x0 (learned)
     output_scales: bool = False         # learned per-channel scales on attention and MLP outputs
@@ -122,7 +123,11 @@ class ModelConfig:
 
     @property
     def hidden(self) -> int:
-        return self.mlp_hidden or int(self.mlp_mult * self.d_model)
+        """The MLP width; SwiGLU's three matrices get 2/3 of it so its parameters match a two-matrix MLP."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        width = self.mlp_mult * self.d_model
+        return int(2 * width / 3) if self.mlp == "swiglu" else int(width)
 
     def validate(self) -> None:
         choices = {"family": ("transformer", "linear", "mlp"), "positions": ("rope", "learned", "none"), "norm": ("rmsnorm", "layernorm"),
@@ -180,6 +185,9 @@ class ModelConfig:
         if self.family != "transformer" and (self.window < 1 or self.exit_layers.strip() or self.unet_skips):
             raise LmgolfError(f"config fields model.family and model.window/exit_layers/unet_skips: the {self.family} "
                               "family needs window >= 1 and has no layers for exits or skips")
+        if not 0 <= self.recur_start < 1 or (self.recur_start and (not self.depth_pattern.strip() or self.unet_skips)):
+            raise LmgolfError("config fields model.recur_start, model.depth_pattern and model.unet_skips: recur_start "
+                              "lies in [0, 1) and, when set, needs a depth_pattern and no unet_skips")
         if self.nope_every < 0:
             raise LmgolfError("config field model.nope_every: must be >= 0")
         if self.q_gain is not None and not self.qk_norm:

@@ -400,6 +400,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer if transformer else 0))
         self.window_net = None if transformer else WindowPredictor(cfg)
         self.order = cfg.layer_order if transformer else []  # depth steps -> blocks (recurrence reuses blocks)
+        self.recurrence_on = True  # training turns it off until recur_start of the budget
         self.exit_depths = cfg.exit_depths
         self.exit_logits: list[torch.Tensor] = []
         self.avg_depth: float | None = None
@@ -450,7 +451,8 @@ class GPT(nn.Module):
         if self.window_net is not None:
             x = self.window_net(x, shared.docs if shared.docs is not None else self.document_ids(idx, cache), cache)
         skips, exits = [], []
-        for i, b in enumerate(self.order):  # i: depth step (its own cache slot), b: the block applied
+        order = self.order if self.recurrence_on else range(len(self.blocks))
+        for i, b in enumerate(order):  # i: depth step (its own cache slot), b: the block applied
             if self.skip_weights is not None and i >= self.n_encoder and skips:
                 x = x + self.skip_weights[i - self.n_encoder].to(x.dtype) * skips.pop()
             x = self.blocks[b](x, x0, cache, i, shared)

@@ -126,6 +126,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if _agree_to_stop(fraction >= 1, ddp, device):
             break
         set_lr(optimizers, lr_multiplier(fraction, cfg.train))
+        model.recurrence_on = fraction >= cfg.model.recur_start
         started = _now(device)
         loss_sum = torch.zeros((), device=device)
         for micro in range(plan.accum_steps):

@@ -46,7 +46,7 @@ VARIANTS = [
     dict(attn_softcap=20.0, attn_gate="head", n_kv_head=2),
     dict(attn_gate="element", doc_mask=True, bos_id=0, attn_softcap=5.0),
     dict(n_layer=2, depth_pattern="0,1,0,1,1", unet_skips=True, n_kv_head=2),
-    dict(embed_rank=8, value_residual=True, n_layer=3, n_kv_head=2),
+    dict(embed_rank=16, value_residual=True, n_layer=3, n_kv_head=2),
     dict(embed_rank=8, tie_embeddings=False, positions="learned"),
     dict(moe_experts=4, moe_top_k=2, mlp="swiglu", n_kv_head=2),
     dict(diff_attn=True, n_kv_head=2, attn_gate="head"),
@@ -102,7 +102,7 @@ def test_tiny_model_overfits(kw):
     x = torch.randint(0, cfg.vocab_size, (4, cfg.context + 1))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = None
-    for _ in range(150):
+    for _ in range(300):
         loss = model.loss(x[:, :-1], x[:, 1:])
         first = first or loss.item()
         opt.zero_grad()
@@ -363,7 +363,7 @@ def test_moe_routes_top_k_and_balances():
     assert moe.usage.sum().item() == pytest.approx(1.0)
     assert 0 < moe.aux_loss.item() < 4
     model = GPT(tiny(moe_experts=4, moe_top_k=2))
-    assert count_module(model).params_by_group["mlp"] == 2 * (4 * 3 * 32 * 128 + 32 * 4)  # 2 layers of 4 SwiGLU experts + router
+    assert count_module(model).params_by_group["mlp"] == 2 * (4 * 3 * 32 * 85 + 32 * 4)  # 2 layers of 4 SwiGLU experts (2/3 of 4 x 32) + router
     model(torch.randint(0, 64, (1, 8)))
     assert len(model.expert_usage()) == 2 and torch.is_tensor(model.extra_loss(torch.zeros(1, 8, dtype=torch.long)))
 
@@ -478,3 +478,30 @@ def test_linear_family_is_linear_in_the_window_embeddings():
     cfg = tiny(family="linear", window=2, positions="none")
     model = GPT(cfg)
     assert model.final_norm is None and count_module(model).params == 64 * 32 + 2 * 32 * 32
+
+
+def test_swiglu_matches_a_reference_and_gelu_parameters():
+    from lmgolf.model import MLP
+    torch.manual_seed(0)
+    cfg = tiny(mlp="swiglu")
+    mlp = MLP(cfg)
+    x = torch.randn(3, 32)
+    w1, w3, w2 = mlp.gate.weight, mlp.up.weight, mlp.proj.weight
+    silu = lambda a: a / (1 + torch.exp(-a))  # noqa: E731
+    assert torch.allclose(mlp(x), (silu(x @ w1.T) * (x @ w3.T)) @ w2.T, atol=1e-5)
+    swiglu, gelu = count_module(GPT(tiny(mlp="swiglu"))), count_module(GPT(tiny(mlp="gelu")))
+    assert abs(swiglu.params_by_group["mlp"] - gelu.params_by_group["mlp"]) <= 2 * 3 * 32  # equal up to rounding
+
+
+def test_recurrence_switches_on_during_training():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=2, depth_pattern="0,1,1", recur_start=0.5))
+    x = torch.randint(0, 64, (1, 8))
+    looped = model(x)
+    model.recurrence_on = False
+    plain = model(x)
+    h = h0 = model.tok_emb(x)
+    for b in (0, 1):
+        h = model.blocks[b](h, h0)
+    assert torch.allclose(plain, torch.nn.functional.linear(model.final_norm(h), model.tok_emb.weight), atol=1e-5)
+    assert not torch.allclose(plain, looped)
