@@ -25,6 +25,7 @@ from typing import Callable
 
 from lmgolf.errors import LmgolfError
 from lmgolf.runfiles import sha256_file as file_sha256
+from lmgolf.runfiles import use_default_permissions
 
 DOC_SEPARATOR = "<|endoftext|>"
 DATA_DIR_ENV = "LMGOLF_DATA_DIR"
@@ -446,6 +447,7 @@ def download_verified(url: str, destination: Path, expected: RemoteFile) -> None
         if digest.hexdigest() != expected.sha256:
             raise LmgolfError(f"{url}: sha256 {digest.hexdigest()} ({size} bytes) does not match the pinned "
                               f"{expected.sha256} ({expected.size} bytes); download discarded")
+        use_default_permissions(temp_name)
         os.replace(temp_name, destination)
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", None) or error

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from lmgolf import __version__
-from lmgolf.corpora import DATA_DIR_ENV, Corpus, file_sha256, load_corpus
+from lmgolf.corpora import DATA_DIR_ENV, Corpus, load_corpus
 from lmgolf.errors import LmgolfError
 from lmgolf.progress import progress_bar
-from lmgolf.runfiles import atomic_write_text
+from lmgolf.runfiles import atomic_write_text, sha256_file, use_default_permissions
 from lmgolf.shards import ShardWriter, dtype_for_vocab, read_pg_shard, write_shard
 
 DATA_FORMAT = "lmgolf-data"
@@ -65,6 +65,7 @@ def staging_folder(out: Path):
     """A temp folder beside `out`; on success it replaces `out`, on failure it is removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    use_default_permissions(staging)
     try:
         yield staging
         replace_folder(staging, out)
@@ -271,7 +272,7 @@ def import_pg_shards(train_glob: str, val_glob: str, model_file: str | Path, out
     if not Path(model_file).is_file():
         raise LmgolfError(f"{model_file}: SentencePiece model not found")
     tok = train_tokenizer("sentencepiece", [], model_file=str(model_file))
-    tables = sentencepiece_token_bytes(tokenizer_model_processor(tok, model_file))
+    tables = sentencepiece_token_bytes(tok)
     with staging_folder(out) as staging:
         tok.save(staging / "tokenizer")
         counts = {"train": copy_pg_train(train_paths, staging / "train.bin", tok, tables),
@@ -284,18 +285,8 @@ def import_pg_shards(train_glob: str, val_glob: str, model_file: str | Path, out
     return meta
 
 
-def tokenizer_model_processor(tokenizer, model_file):
-    """The SentencePiece processor behind a tokenizer (or loaded from the model file) for the byte tables."""
-    processor = getattr(tokenizer, "sp", None) or getattr(tokenizer, "processor", None)
-    if processor is not None:
-        return processor
-    import sentencepiece
-
-    return sentencepiece.SentencePieceProcessor(model_file=str(model_file))
-
-
 def shard_source(path: Path) -> dict:
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 # ---------------------------------------------------------------- reading meta.json

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lmgolf.errors import LmgolfError
-from lmgolf.runfiles import atomic_write_bytes
+from lmgolf.runfiles import atomic_write_bytes, use_default_permissions
 
 MAGIC = b"LMGSHARD"
 VERSION = 1
@@ -118,6 +118,7 @@ class ShardWriter:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
+            use_default_permissions(self.temp_name)
             os.replace(self.temp_name, self.path)
         except BaseException:
             self.abort()

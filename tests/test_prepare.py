@@ -1,5 +1,7 @@
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -67,6 +69,11 @@ def test_byte_tokenizer_end_to_end(small_corpus, tmp_path):
     assert meta == load_meta(out)
     check_data_folder(out, str(small_corpus), "byte")
     assert hidden_entries(tmp_path) == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    for name in ("meta.json", "train.bin", "val.bin", "val_bytes.bin"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_char_tokenizer_trained_on_train_split_only(tmp_path):
