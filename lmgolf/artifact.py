@@ -2,14 +2,14 @@
 
 File layout (docs/artifact.md has the full description):
   bytes 0-7    magic: b"LMGOLF\\x00" then the format version as one byte
-  byte  8      codec id (1 zlib, 2 lzma, 3 zstd)
+  byte  8      codec id (1 zlib, 2 lzma, 3 zstd, 4 brotli)
   bytes 9-40   sha256 of the uncompressed payload (verified on load)
   bytes 41-    the compressed payload
 Payload: u32 little-endian header length | UTF-8 JSON header | raw little-endian tensor blobs.
 
 Each tensor is kept in a named *storage*: a pair of functions, quantize (float weights -> blobs + meta)
-and dequantize (blobs + meta -> float32 weights), registered in STORAGES. A new quantization scheme
-is a new entry there plus a rule in `PackPolicy.storage_for`.
+and dequantize (blobs + meta -> float32 weights), registered in lmgolf.quantize.STORAGES. A new
+quantization scheme is a new entry there; `PackPolicy` picks one per tensor.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import lzma
 import struct
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +34,13 @@ from lmgolf.config import Config
 from lmgolf.count import GROUPS, parameter_group
 from lmgolf.errors import LmgolfError
 from lmgolf.model import GPT
+from lmgolf.quantize import CLIP_RULES, STORAGES, Storage, row_quantile, shuffle_bytes, unshuffle_bytes  # noqa: F401
 from lmgolf.runfiles import atomic_write_bytes
+
+try:
+    import brotli
+except ImportError:  # optional: the brotli codec is offered only where the package is installed
+    brotli = None
 
 FORMAT_VERSION = 1
 MAGIC = b"LMGOLF\x00"
@@ -44,7 +50,7 @@ BUDGET = 16_000_000  # the Parameter Golf limit: decimal bytes of artifact plus 
 # The lmgolf source files needed to load an artifact and score it (their imports included);
 # tests/test_artifact.py checks that this set is closed under lmgolf imports.
 CODE_FILES = ("__init__.py", "errors.py", "runfiles.py", "config.py", "model.py", "count.py", "tokenizers.py",
-              "artifact.py", "evaluate.py", "device.py", "progress.py")
+              "artifact.py", "quantize.py", "evaluate.py", "device.py", "progress.py")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -72,6 +78,13 @@ def _zstd_decompress(data: bytes) -> bytes:
         raise ValueError(e) from None
 
 
+def _brotli_decompress(data: bytes) -> bytes:
+    try:
+        return brotli.decompress(data)
+    except brotli.error as e:
+        raise ValueError(e) from None
+
+
 @dataclass(frozen=True)
 class Codec:
     id: int
@@ -84,6 +97,13 @@ CODECS = {
     "lzma": Codec(2, lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), _lzma_decompress),
     "zstd": Codec(3, lambda b: zstandard.ZstdCompressor(level=22).compress(b), _zstd_decompress),
 }
+OPTIONAL_CODECS = {"brotli": 4}  # name -> id, for the message when the package is missing
+if brotli is not None:  # window 2^24: a whole 16 MB payload can refer back to its start
+    CODECS["brotli"] = Codec(4, lambda b: brotli.compress(b, quality=11, lgwin=24), _brotli_decompress)
+
+
+def _missing_codec(name: str) -> str:
+    return f"the {name} codec needs the {name} package (pip install {name})"
 
 
 def _codec_by_id(codec_id: int) -> tuple[str, Codec] | None:
@@ -96,10 +116,18 @@ def _codec_by_id(codec_id: int) -> tuple[str, Codec] | None:
 
 @dataclass(frozen=True)
 class PackPolicy:
-    """Which storage each tensor gets and how the payload is compressed.
+    """Which storage each tensor gets, with what clip, and how the payload is compressed.
 
     keep_fp16 / keep_fp32: tensor names or fnmatch patterns (e.g. "tok_emb.weight", "*.resid_mix").
-    min_scale: floor on the int8 row scale (0: none; the Parameter Golf baseline script uses 1/127).
+    group_storage: parameter group (lmgolf.count.GROUPS) or tensor name pattern -> storage name, e.g.
+      {"embedding": "int8-row", "attention": "int6-row", "mlp": "int5-row"}; patterns win over groups.
+    default_storage: for tensors that no rule names.
+    A quantizer storage applies only to 2-D tensors of at least min_quant_numel elements; smaller
+    tensors get fp16 unless a rule gives them a float storage (fp16, bf16, fp32).
+    clip: "percentile" (clip_quantile of |w|), "std" (clip_k x row std) or "search" (lowest error).
+    min_scale: floor on integer row scales (0: none; the Parameter Golf baseline script uses 1/127).
+    bit_pack: b-bit codes (b < 8) packed back to back rather than one byte each.
+    byte_shuffle: blobs of multi-byte values (and packed codes) byte-transposed before compression.
     """
     codec: str = "zlib"
     min_quant_numel: int = 65_536
@@ -107,8 +135,17 @@ class PackPolicy:
     keep_fp16: tuple[str, ...] = ()
     keep_fp32: tuple[str, ...] = ()
     min_scale: float = 0.0
+    default_storage: str = "int8-row"
+    group_storage: dict[str, str] = field(default_factory=dict)
+    clip: str = "percentile"
+    clip_k: float = 4.0
+    bit_pack: bool = True
+    ternary_group: int = 64
+    byte_shuffle: bool = False
 
     def validate(self) -> None:
+        if self.codec in OPTIONAL_CODECS and self.codec not in CODECS:
+            raise LmgolfError(f"pack policy field codec: {_missing_codec(self.codec)}")
         if self.codec not in CODECS:
             raise LmgolfError(f"pack policy field codec: {self.codec!r} is not one of {', '.join(CODECS)}")
         if self.min_quant_numel < 0:
@@ -117,77 +154,43 @@ class PackPolicy:
             raise LmgolfError("pack policy field clip_quantile: must lie in (0, 1]")
         if self.min_scale < 0:
             raise LmgolfError("pack policy field min_scale: must be >= 0")
+        if self.clip not in CLIP_RULES:
+            raise LmgolfError(f"pack policy field clip: {self.clip!r} is not one of {', '.join(CLIP_RULES)}")
+        if not self.clip_k > 0:
+            raise LmgolfError("pack policy field clip_k: must be > 0")
+        if self.ternary_group < 1:
+            raise LmgolfError("pack policy field ternary_group: must be >= 1")
+        _check_storage("default_storage", self.default_storage)
+        for key, storage in self.group_storage.items():
+            _check_storage(f"group_storage[{key!r}]", storage)
+            if key not in GROUPS and not any(c in key for c in ".*?["):
+                raise LmgolfError(f"pack policy field group_storage: {key!r} is neither a parameter group "
+                                  f"({', '.join(GROUPS)}) nor a tensor name pattern")
 
     def storage_for(self, name: str, tensor: torch.Tensor) -> str:
         if _matches(name, self.keep_fp32):
             return "fp32"
         if _matches(name, self.keep_fp16):
             return "fp16"
-        if tensor.ndim == 2 and tensor.numel() >= max(1, self.min_quant_numel):
-            return "int8-row"
-        return "fp16"
+        storage = self._rule_for(name) or self.default_storage
+        quantizable = tensor.ndim == 2 and tensor.numel() >= max(1, self.min_quant_numel)
+        return storage if quantizable or not STORAGES[storage].quantizer else "fp16"
+
+    def _rule_for(self, name: str) -> str | None:
+        for pattern, storage in self.group_storage.items():
+            if pattern not in GROUPS and fnmatch.fnmatchcase(name, pattern):
+                return storage
+        return self.group_storage.get(parameter_group(name))
+
+
+def _check_storage(field_name: str, storage: object) -> None:
+    if storage not in STORAGES:
+        raise LmgolfError(f"pack policy field {field_name}: {storage!r} is not one of {', '.join(STORAGES)}")
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
-
-def row_quantile(w: torch.Tensor, q: float) -> torch.Tensor:
-    """torch.quantile(w, q, dim=1) with linear interpolation, built on kthvalue: quantile refuses
-    inputs above 16M elements, which an embedding or MLP matrix can reach."""
-    pos = q * (w.size(1) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, w.size(1) - 1)
-    low = w.kthvalue(lo + 1, dim=1).values
-    high = w.kthvalue(hi + 1, dim=1).values
-    return torch.lerp(low, high, pos - lo)
-
-
-def _int8_row_scales(clip: torch.Tensor, policy: PackPolicy) -> torch.Tensor:
-    """fp16 scales, rounded up so that clip / scale <= 127: every unclipped weight lands within half a step."""
-    wanted = (clip / 127).clamp(min=max(policy.min_scale, 2.0 ** -24), max=65504.0)
-    scale = wanted.half()
-    too_small = scale.float() < wanted
-    return torch.where(too_small, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
-
-
-def _quantize_int8_row(w: torch.Tensor, policy: PackPolicy) -> tuple[dict[str, torch.Tensor], dict]:
-    clip = row_quantile(w.abs(), policy.clip_quantile)[:, None]
-    scale = _int8_row_scales(clip[:, 0], policy)
-    q = torch.round(torch.clamp(w, -clip, clip) / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
-    return {"q": q, "scale": scale}, {}
-
-
-def _dequantize_int8_row(blobs: dict[str, torch.Tensor], meta: dict, shape: list[int]) -> torch.Tensor:
-    return blobs["q"].float() * blobs["scale"].float()[:, None]
-
-
-def _store_fp16(w: torch.Tensor, policy: PackPolicy) -> tuple[dict[str, torch.Tensor], dict]:
-    if w.numel() and w.abs().max() > 65504:
-        raise ValueError("values beyond the fp16 range; keep it in fp32 (PackPolicy.keep_fp32)")
-    return {"values": w.half()}, {}
-
-
-def _store_fp32(w: torch.Tensor, policy: PackPolicy) -> tuple[dict[str, torch.Tensor], dict]:
-    return {"values": w.float()}, {}
-
-
-def _load_float(blobs: dict[str, torch.Tensor], meta: dict, shape: list[int]) -> torch.Tensor:
-    return blobs["values"].float()
-
-
-@dataclass(frozen=True)
-class Storage:
-    """quantize(float32 weights, policy) -> (named blobs, JSON meta); dequantize(blobs, meta, shape) -> float32."""
-    quantize: Callable[[torch.Tensor, PackPolicy], tuple[dict[str, torch.Tensor], dict]]
-    dequantize: Callable[[dict[str, torch.Tensor], dict, list[int]], torch.Tensor]
-
-
-STORAGES: dict[str, Storage] = {
-    "int8-row": Storage(_quantize_int8_row, _dequantize_int8_row),
-    "fp16": Storage(_store_fp16, _load_float),
-    "fp32": Storage(_store_fp32, _load_float),
-}
 
 BLOB_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
                "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -227,15 +230,20 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _layout(packed: list[_Packed]) -> tuple[list[dict], bytes]:
+def _layout(packed: list[_Packed], byte_shuffle: bool = False) -> tuple[list[dict], bytes]:
     """Header entries (with blob offsets into the blob section) and the blob section itself."""
     entries, chunks, offset = [], [], 0
     for p in packed:
         blob_entries = []
         for role, t in p.blobs.items():
             data = _tensor_bytes(t)
-            blob_entries.append({"role": role, "dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
-                                 "offset": offset, "length": len(data)})
+            entry = {"role": role, "dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                     "offset": offset, "length": len(data)}
+            width = STORAGES[p.storage].period(role, p.meta) or t.element_size()
+            if byte_shuffle and width > 1:
+                data = shuffle_bytes(data, width)
+                entry["shuffle"] = width
+            blob_entries.append(entry)
             chunks.append(data)
             offset += len(data)
         entries.append({"name": p.name, "shape": p.shape, "storage": p.storage, "meta": p.meta, "blobs": blob_entries})
@@ -270,8 +278,13 @@ def _read_blob(entry: dict, blobs: memoryview, where: str) -> torch.Tensor:
     numel = int(np.prod(shape, dtype=np.int64))
     if offset < 0 or offset + length > len(blobs) or length != numel * torch.empty(0, dtype=dtype).element_size():
         raise LmgolfError(f"{where}: blob {entry.get('role')!r} lies outside the payload or has the wrong length")
-    raw = np.frombuffer(blobs, dtype=np.uint8, count=length, offset=offset).copy()
-    return torch.from_numpy(raw).view(dtype).reshape(shape)
+    shuffle = entry.get("shuffle", 1)
+    if not isinstance(shuffle, int) or shuffle < 1:
+        raise LmgolfError(f"{where}: blob {entry.get('role')!r} has a malformed shuffle width {shuffle!r}")
+    raw = bytes(blobs[offset:offset + length])
+    if shuffle > 1:
+        raw = unshuffle_bytes(raw, shuffle)
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy()).view(dtype).reshape(shape)
 
 
 def _read_tensor(entry: dict, blobs: memoryview, source: str) -> tuple[str, torch.Tensor]:
@@ -287,7 +300,7 @@ def _read_tensor(entry: dict, blobs: memoryview, source: str) -> tuple[str, torc
     parts = {b.get("role"): _read_blob(b, blobs, where) for b in entry["blobs"] if isinstance(b, dict)}
     try:
         tensor = STORAGES[storage].dequantize(parts, meta, shape).reshape(shape)
-    except (KeyError, RuntimeError) as e:
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
         raise LmgolfError(f"{where}: blobs do not fit storage {storage} ({e.__class__.__name__}: {e})") from None
     return name, tensor
 
@@ -305,7 +318,7 @@ def _is_int_list(x: object) -> bool:
 def dequantized_state_dict(model: GPT, policy: PackPolicy = PackPolicy()) -> dict[str, torch.Tensor]:
     """The float32 weights the model has after a pack/load round trip (same code path, no compression)."""
     policy.validate()
-    entries, blob_section = _layout(_quantize_model(model, policy))
+    entries, blob_section = _layout(_quantize_model(model, policy), policy.byte_shuffle)
     header, blobs = _split_payload(_encode_payload({"tensors": entries}, blob_section), "round trip")
     return _read_tensors(header["tensors"], blobs, "round trip")
 
@@ -398,7 +411,7 @@ def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolic
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise LmgolfError(f"tokenizer: vocabulary of {tokenizer.vocab_size} exceeds the model's {cfg.model.vocab_size}")
     packed = _quantize_model(model, policy)
-    entries, blob_section = _layout(packed)
+    entries, blob_section = _layout(packed, policy.byte_shuffle)
     header = {"format": FORMAT_VERSION, "lmgolf_version": __version__, "config": cfg.to_dict(),
               "tokenizer": _tokenizer_header(tokenizer), "policy": _policy_header(policy), "tensors": entries}
     payload = _encode_payload(header, blob_section)
@@ -424,6 +437,9 @@ def _read_payload(path: Path) -> tuple[bytes, str]:
     if version != FORMAT_VERSION:
         raise LmgolfError(f"{path}: artifact format version {version}, this lmgolf reads version {FORMAT_VERSION}")
     found = _codec_by_id(codec_id)
+    missing = next((name for name, i in OPTIONAL_CODECS.items() if i == codec_id), None)
+    if found is None and missing:
+        raise LmgolfError(f"{path}: {_missing_codec(missing)}")
     if found is None:
         raise LmgolfError(f"{path}: unknown codec id {codec_id}")
     name, codec = found

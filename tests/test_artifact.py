@@ -1,4 +1,5 @@
 import ast
+import dataclasses
 import hashlib
 import sys
 import time
@@ -254,3 +255,130 @@ def test_pg_baseline_random_init_fits_the_budget(tmp_path, tokenizer):
     print(f"\npg-baseline, random init, packed in {seconds:.1f} s\n{report.format()}")
     assert sum(g["params"] for g in report.groups) == count_module(model).params
     assert report.total_bytes < 17_500_000
+
+
+# ---------------------------------------------------------------------------------------------------
+# Quantizer policies
+
+MIXED = {"mlp": "int5-row", "attention": "int6-row", "embedding": "int8-row"}
+POLICIES = {
+    "int6 everywhere": dict(default_storage="int6-row"),
+    "int5 mlp, int6 attention, int8 embedding": dict(group_storage=MIXED, clip="std", clip_k=3.0),
+    "ternary mlp": dict(group_storage={"mlp": "ternary"}, ternary_group=32),
+    "fp8": dict(default_storage="fp8-row", group_storage={"norms": "bf16"}),
+    "int4 searched, unpacked": dict(default_storage="int4-row", clip="search", bit_pack=False),
+}
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["plain", "shuffled"])
+@pytest.mark.parametrize("name", POLICIES)
+def test_policies_round_trip_through_the_file(tmp_path, tokenizer, name, shuffle):
+    model, cfg = tiny(tokenizer.vocab_size)
+    policy = PackPolicy(min_quant_numel=1024, byte_shuffle=shuffle, **POLICIES[name])
+    path = tmp_path / "m.lmg"
+    pack(model, cfg, tokenizer, path, policy)
+    loaded, _, _, _ = load_artifact(path)
+    expected = dequantized_state_dict(model, policy)
+    assert all(torch.equal(loaded.state_dict()[k], expected[k]) for k in expected)
+    header = artifact.read_header(path)
+    for entry in header["tensors"]:
+        w = model.state_dict()[entry["name"]]
+        assert entry["storage"] == policy.storage_for(entry["name"], w)
+        assert any("shuffle" in b for b in entry["blobs"]) == shuffle  # every storage has a multi-byte blob
+    idx = torch.randint(0, cfg.model.vocab_size, (2, 16))
+    with torch.no_grad():
+        relative_drift = (loaded(idx) - model(idx)).norm() / model(idx).norm()
+    assert relative_drift < {"ternary mlp": 1.0, "int4 searched, unpacked": 0.5}.get(name, 0.2)  # random weights
+
+
+def test_mixed_policy_picks_storages_by_group_and_pattern():
+    model, _ = tiny(100)
+    policy = PackPolicy(min_quant_numel=1024, group_storage={**MIXED, "norms": "fp32", "blocks.1.mlp.*": "int8-row"})
+    storages = {e["name"]: e["storage"] for e in artifact._layout(artifact._quantize_model(model, policy))[0]}
+    assert storages["tok_emb.weight"] == "int8-row"
+    assert storages["blocks.0.attn.q.weight"] == "int6-row"
+    assert storages["blocks.0.mlp.up.weight"] == "int5-row"
+    assert storages["blocks.1.mlp.up.weight"] == "int8-row"  # the pattern wins over the group
+    assert storages["head.weight"] == "int8-row"             # the default
+    assert storages["blocks.0.attn_norm.weight"] == "fp32"   # a float rule reaches small tensors too
+    small = {e["name"]: e["storage"] for e in
+             artifact._layout(artifact._quantize_model(model, PackPolicy(default_storage="int6-row")))[0]}
+    assert small["blocks.0.attn.q.weight"] == "fp16"        # under min_quant_numel: no quantizer
+
+
+def test_header_records_the_quantizer_settings(tmp_path, tokenizer):
+    model, cfg = tiny(tokenizer.vocab_size)
+    policy = PackPolicy(min_quant_numel=1024, group_storage={"mlp": "int5-row", "attention": "ternary"},
+                        clip="std", clip_k=3.0, byte_shuffle=True)
+    pack(model, cfg, tokenizer, tmp_path / "m.lmg", policy)
+    header = artifact.read_header(tmp_path / "m.lmg")
+    entries = {e["name"]: e for e in header["tensors"]}
+    mlp = entries["blocks.0.mlp.up.weight"]
+    assert mlp["storage"] == "int5-row" and mlp["meta"]["clip"] == "std" and mlp["meta"]["k"] == 3.0
+    assert mlp["meta"]["packed"] and 0 <= mlp["meta"]["clipped"] < 0.01
+    assert [b["shuffle"] for b in mlp["blobs"]] == [5, 2]  # int5 repeats every 5 bytes; fp16 scales
+    assert entries["blocks.0.attn.q.weight"]["meta"] == {"group": 64}
+    assert header["policy"]["group_storage"] == {"mlp": "int5-row", "attention": "ternary"}
+
+
+@pytest.mark.parametrize("policy", [PackPolicy(min_quant_numel=1024, default_storage="int6-row", byte_shuffle=True),
+                                    PackPolicy(min_quant_numel=1024, group_storage={"mlp": "ternary"})],
+                         ids=["int6 shuffled", "ternary"])
+def test_every_codec_decompresses_to_the_same_payload(tmp_path, tokenizer, policy):
+    model, cfg = tiny(tokenizer.vocab_size)
+    payloads, weights = set(), []
+    for codec in artifact.CODECS:
+        path = tmp_path / f"{codec}.lmg"
+        pack(model, cfg, tokenizer, path, dataclasses.replace(policy, codec=codec))
+        payloads.add(artifact._read_payload(path)[0])
+        weights.append(load_artifact(path)[0].state_dict())
+    assert len(payloads) == 1
+    assert all(torch.equal(w[k], weights[0][k]) for w in weights for k in w)
+
+
+def test_byte_shuffle_changes_the_payload_not_the_weights(tokenizer):
+    model, _ = tiny(tokenizer.vocab_size)
+    plain = PackPolicy(min_quant_numel=1024, default_storage="int6-row")
+    shuffled = PackPolicy(min_quant_numel=1024, default_storage="int6-row", byte_shuffle=True)
+    a, b = dequantized_state_dict(model, plain), dequantized_state_dict(model, shuffled)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    layout = lambda p: artifact._layout(artifact._quantize_model(model, p), p.byte_shuffle)[1]  # noqa: E731
+    assert layout(plain) != layout(shuffled) and len(layout(plain)) == len(layout(shuffled))
+
+
+def test_bad_quantizer_policies_are_refused():
+    cases = {"default_storage": dict(default_storage="int9-row"),
+             "group_storage\\['mlp'\\]": dict(group_storage={"mlp": "int1-row"}),
+             "group_storage: 'mlps' is neither a parameter group": dict(group_storage={"mlps": "int6-row"}),
+             "clip: 'median'": dict(clip="median"),
+             "clip_k": dict(clip_k=0.0),
+             "ternary_group": dict(ternary_group=0)}
+    for message, fields in cases.items():
+        with pytest.raises(LmgolfError, match=f"pack policy field {message}"):
+            PackPolicy(**fields).validate()
+
+
+@pytest.mark.skipif(artifact.brotli is not None, reason="brotli is installed")
+def test_brotli_without_the_package_says_to_install_it(packed, tmp_path):
+    with pytest.raises(LmgolfError, match="codec: the brotli codec needs the brotli package \\(pip install brotli\\)"):
+        PackPolicy(codec="brotli").validate()
+    _, _, path, _ = packed
+    data = path.read_bytes()
+    forged = tmp_path / "brotli.lmg"
+    forged.write_bytes(data[:8] + bytes([artifact.OPTIONAL_CODECS["brotli"]]) + data[9:])
+    with pytest.raises(LmgolfError, match="brotli.lmg: the brotli codec needs the brotli package"):
+        load_artifact(forged)
+
+
+def test_damaged_quantizer_meta_is_refused(tmp_path, tokenizer):
+    model, cfg = tiny(tokenizer.vocab_size)
+    path = tmp_path / "m.lmg"
+    pack(model, cfg, tokenizer, path, PackPolicy(min_quant_numel=1024, group_storage={"mlp": "ternary"}))
+    payload, _ = artifact._read_payload(path)
+    header, blobs = artifact._split_payload(payload, "x")
+    entry = next(e for e in header["tensors"] if e["storage"] == "ternary")
+    entry["meta"]["group"] = 3
+    forged = tmp_path / "forged.lmg"
+    forged.write_bytes(artifact._container("zlib", artifact._encode_payload(header, bytes(blobs))))
+    with pytest.raises(LmgolfError, match="forged.lmg: tensor .*blobs do not fit storage ternary"):
+        load_artifact(forged)
