@@ -57,32 +57,14 @@ CODE_FILES = ("__init__.py", "errors.py", "runfiles.py", "config.py", "model.py"
 # Codecs
 
 
-def _zlib_decompress(data: bytes) -> bytes:
-    try:
-        return zlib.decompress(data)
-    except zlib.error as e:
-        raise ValueError(e) from None
-
-
-def _lzma_decompress(data: bytes) -> bytes:
-    try:
-        return lzma.decompress(data)
-    except lzma.LZMAError as e:
-        raise ValueError(e) from None
-
-
-def _zstd_decompress(data: bytes) -> bytes:
-    try:
-        return zstandard.ZstdDecompressor().decompress(data)
-    except zstandard.ZstdError as e:
-        raise ValueError(e) from None
-
-
-def _brotli_decompress(data: bytes) -> bytes:
-    try:
-        return brotli.decompress(data)
-    except brotli.error as e:
-        raise ValueError(e) from None
+def _checked(decompress: Callable[[bytes], bytes], *errors: type[Exception]) -> Callable[[bytes], bytes]:
+    """The decompressor, raising ValueError on corrupt input whatever the library raises."""
+    def run(data: bytes) -> bytes:
+        try:
+            return decompress(data)
+        except errors as e:
+            raise ValueError(e) from None
+    return run
 
 
 @dataclass(frozen=True)
@@ -93,13 +75,14 @@ class Codec:
 
 
 CODECS = {
-    "zlib": Codec(1, lambda b: zlib.compress(b, 9), _zlib_decompress),
-    "lzma": Codec(2, lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), _lzma_decompress),
-    "zstd": Codec(3, lambda b: zstandard.ZstdCompressor(level=22).compress(b), _zstd_decompress),
+    "zlib": Codec(1, lambda b: zlib.compress(b, 9), _checked(zlib.decompress, zlib.error)),
+    "lzma": Codec(2, lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), _checked(lzma.decompress, lzma.LZMAError)),
+    "zstd": Codec(3, lambda b: zstandard.ZstdCompressor(level=22).compress(b),
+                  _checked(lambda b: zstandard.ZstdDecompressor().decompress(b), zstandard.ZstdError)),
 }
 OPTIONAL_CODECS = {"brotli": 4}  # name -> id, for the message when the package is missing
 if brotli is not None:  # window 2^24: a whole 16 MB payload can refer back to its start
-    CODECS["brotli"] = Codec(4, lambda b: brotli.compress(b, quality=11, lgwin=24), _brotli_decompress)
+    CODECS["brotli"] = Codec(4, lambda b: brotli.compress(b, quality=11, lgwin=24), _checked(brotli.decompress, brotli.error))
 
 
 def _missing_codec(name: str) -> str:
