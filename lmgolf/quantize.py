@@ -263,31 +263,59 @@ def unshuffle_bytes(data: bytes, width: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Storages: quantize(float32 weights, policy) -> (named blobs, JSON meta); dequantize(blobs, meta, shape).
-# The policy is lmgolf.artifact.PackPolicy; a storage reads only the fields it needs.
+# Storages. A storage first fixes a *grid* for one tensor (its scales, from the clip rule), then rounds
+# values onto it (snap) and stores the rounded values (encode). Plain packing is encode(snap(w)); GPTQ
+# snaps column by column and spreads each column's error over the next ones; QAT snaps in the forward
+# pass. All three therefore use exactly the same quantizer. The policy is lmgolf.artifact.PackPolicy;
+# a storage reads only the fields it needs.
 
 Blobs = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Grid:
+    """One tensor's quantizer with its scales fixed. Both functions work on the 2-D rows view (as_rows).
+    snap(x, cols): values x of columns `cols` rounded onto the grid (dequantized, float32, differentiable
+      only through a straight-through estimator); encode(snapped): exact blobs and meta of a snapped view."""
+    snap: Callable[[torch.Tensor, slice], torch.Tensor]
+    encode: Callable[[torch.Tensor], tuple[Blobs, dict]]
+
+
+@dataclass(frozen=True)
 class Storage:
-    quantize: Callable[[torch.Tensor, object], tuple[Blobs, dict]]
+    grid: Callable[[torch.Tensor, object], Grid]
     dequantize: Callable[[Blobs, dict, list[int]], torch.Tensor]
     quantizer: bool = True  # False for plain float storage, which suits tensors of any size
     # bytes after which a blob's layout repeats, by role and meta (None: its element size); byte shuffle uses it
     period: Callable[[str, dict], int | None] = lambda role, meta: None
 
+    def quantize(self, w: torch.Tensor, policy) -> tuple[Blobs, dict]:
+        grid = self.grid(w, policy)
+        return grid.encode(grid.snap(as_rows(w), slice(None)))
+
 
 def _int_rows_storage(bits: int) -> Storage:
-    def store(w: torch.Tensor, policy) -> tuple[Blobs, dict]:
-        rows = as_rows(w)
+    top = qmax(bits)
+
+    def grid(w: torch.Tensor, policy) -> Grid:
+        rows = as_rows(w.detach())
         clip = row_clip(rows, bits, policy.clip, policy.clip_quantile, policy.clip_k, policy.min_scale)
-        q = quantize_rows(rows, bits, clip, policy.min_scale)
-        meta = {"clip": policy.clip, **_clip_params(policy), "clipped": q.clipped}
-        if bits == 8:  # one byte a code, as format version 1 always stored int8-row
-            return {"q": q.codes, "scale": q.scales}, meta
-        packed = bool(policy.bit_pack)
-        return {"q": pack_bits(q.codes, bits) if packed else q.codes, "scale": q.scales}, {**meta, "packed": packed}
+        scales = fp16_scales(clip, top, policy.min_scale)
+        step, limit = scales.float()[:, None], clip[:, None]
+        meta = {"clip": policy.clip, **_clip_params(policy),
+                "clipped": int((rows.abs() > limit).sum()) / rows.numel() if rows.numel() else 0.0}
+
+        def snap(x: torch.Tensor, cols: slice) -> torch.Tensor:
+            return torch.round(torch.clamp(x, -limit, limit) / step).clamp(-top, top) * step
+
+        def encode(snapped: torch.Tensor) -> tuple[Blobs, dict]:
+            codes = torch.round(snapped / step).to(torch.int8)
+            if bits == 8:  # one byte a code, as format version 1 always stored int8-row
+                return {"q": codes, "scale": scales}, meta
+            packed = bool(policy.bit_pack)
+            return {"q": pack_bits(codes, bits) if packed else codes, "scale": scales}, {**meta, "packed": packed}
+
+        return Grid(snap, encode)
 
     def load(blobs: Blobs, meta: dict, shape: list[int]) -> torch.Tensor:
         codes = blobs["q"]
@@ -299,16 +327,27 @@ def _int_rows_storage(bits: int) -> Storage:
     def period(role: str, meta: dict) -> int | None:
         return packed_bytes_period(bits) if role == "q" and meta.get("packed") else None
 
-    return Storage(store, load, period=period)
+    return Storage(grid, load, period=period)
 
 
 def _clip_params(policy) -> dict:
     return {"percentile": {"quantile": policy.clip_quantile}, "std": {"k": policy.clip_k}}.get(policy.clip, {})
 
 
-def _store_ternary(w: torch.Tensor, policy) -> tuple[Blobs, dict]:
-    t = quantize_ternary(as_rows(w), policy.ternary_group)
-    return {"trits": pack_trits(t.codes), "scale": t.scales}, {"group": policy.ternary_group}
+def _ternary_grid(w: torch.Tensor, policy) -> Grid:
+    group = policy.ternary_group
+    scales = quantize_ternary(as_rows(w.detach()), group).scales
+    per_column = _per_column(scales, group, as_rows(w).shape[1])
+    divisor = per_column.clamp(min=FP16_TINY)  # a zero scale restores zeros anyway
+
+    def snap(x: torch.Tensor, cols: slice) -> torch.Tensor:
+        return torch.round(torch.clamp(x / divisor[:, cols], -1, 1)) * per_column[:, cols]
+
+    def encode(snapped: torch.Tensor) -> tuple[Blobs, dict]:
+        codes = torch.round(snapped / divisor).to(torch.int8)
+        return {"trits": pack_trits(codes), "scale": scales}, {"group": group}
+
+    return Grid(snap, encode)
 
 
 def _load_ternary(blobs: Blobs, meta: dict, shape: list[int]) -> torch.Tensor:
@@ -319,9 +358,18 @@ def _load_ternary(blobs: Blobs, meta: dict, shape: list[int]) -> torch.Tensor:
     return dequantize_ternary(unpack_trits(blobs["trits"], rows * cols).reshape(rows, cols), blobs["scale"], group)
 
 
-def _store_fp8_rows(w: torch.Tensor, policy) -> tuple[Blobs, dict]:
-    codes, scales = quantize_fp8_rows(as_rows(w))
-    return {"e4m3": codes, "scale": scales}, {}
+def _fp8_grid(w: torch.Tensor, policy) -> Grid:
+    scales = fp16_scales(as_rows(w.detach()).abs().amax(dim=1), E4M3_MAX)
+    step = scales.float()[:, None]
+
+    def snap(x: torch.Tensor, cols: slice) -> torch.Tensor:
+        codes = e4m3_codes((x.detach() / step).clamp(-E4M3_MAX, E4M3_MAX))
+        return E4M3_VALUES.to(x.device)[codes.long()] * step
+
+    def encode(snapped: torch.Tensor) -> tuple[Blobs, dict]:
+        return {"e4m3": e4m3_codes(snapped / step), "scale": scales}, {}
+
+    return Grid(snap, encode)
 
 
 def _load_fp8_rows(blobs: Blobs, meta: dict, shape: list[int]) -> torch.Tensor:
@@ -329,18 +377,19 @@ def _load_fp8_rows(blobs: Blobs, meta: dict, shape: list[int]) -> torch.Tensor:
 
 
 def _float_storage(name: str, dtype: torch.dtype, top: float | None) -> Storage:
-    def store(w: torch.Tensor, policy) -> tuple[Blobs, dict]:
-        if top is not None and w.numel() and w.abs().max() > top:
+    def grid(w: torch.Tensor, policy) -> Grid:
+        if top is not None and w.numel() and w.detach().abs().max() > top:
             raise ValueError(f"values beyond the {name} range; keep it in fp32 (PackPolicy.keep_fp32)")
-        return {"values": w.to(dtype)}, {}
+        return Grid(lambda x, cols: x.to(dtype).float(),
+                    lambda snapped: ({"values": snapped.reshape(w.shape).to(dtype)}, {}))
 
-    return Storage(store, lambda blobs, meta, shape: blobs["values"].float(), quantizer=False)
+    return Storage(grid, lambda blobs, meta, shape: blobs["values"].float(), quantizer=False)
 
 
 STORAGES: dict[str, Storage] = {
     **{f"int{b}-row": _int_rows_storage(b) for b in reversed(INT_BITS)},
-    "ternary": Storage(_store_ternary, _load_ternary),
-    "fp8-row": Storage(_store_fp8_rows, _load_fp8_rows),
+    "ternary": Storage(_ternary_grid, _load_ternary),
+    "fp8-row": Storage(_fp8_grid, _load_fp8_rows),
     "fp16": _float_storage("fp16", torch.float16, FP16_MAX),
     "bf16": _float_storage("bf16", torch.bfloat16, None),
     "fp32": _float_storage("fp32", torch.float32, None),
