@@ -15,13 +15,12 @@ quantization scheme is a new entry there; `PackPolicy` picks one per tensor.
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import json
 import lzma
 import struct
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,11 +29,11 @@ import torch
 import zstandard
 
 from lmgolf import __version__
-from lmgolf.config import Config
+from lmgolf.config import Config, PackPolicy, missing_codec_message  # noqa: F401 (PackPolicy: re-exported)
 from lmgolf.count import GROUPS, parameter_group
 from lmgolf.errors import LmgolfError
 from lmgolf.model import GPT
-from lmgolf.quantize import CLIP_RULES, STORAGES, Storage, row_quantile, shuffle_bytes, unshuffle_bytes  # noqa: F401
+from lmgolf.quantize import STORAGES, shuffle_bytes, unshuffle_bytes
 from lmgolf.runfiles import atomic_write_bytes
 
 try:
@@ -85,94 +84,12 @@ if brotli is not None:  # window 2^24: a whole 16 MB payload can refer back to i
     CODECS["brotli"] = Codec(4, lambda b: brotli.compress(b, quality=11, lgwin=24), _checked(brotli.decompress, brotli.error))
 
 
-def _missing_codec(name: str) -> str:
-    return f"the {name} codec needs the {name} package (pip install {name})"
-
-
 def _codec_by_id(codec_id: int) -> tuple[str, Codec] | None:
     return next(((name, c) for name, c in CODECS.items() if c.id == codec_id), None)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Policy and storages
-
-
-@dataclass(frozen=True)
-class PackPolicy:
-    """Which storage each tensor gets, with what clip, and how the payload is compressed.
-
-    keep_fp16 / keep_fp32: tensor names or fnmatch patterns (e.g. "tok_emb.weight", "*.resid_mix").
-    group_storage: parameter group (lmgolf.count.GROUPS) or tensor name pattern -> storage name, e.g.
-      {"embedding": "int8-row", "attention": "int6-row", "mlp": "int5-row"}; patterns win over groups.
-    default_storage: for tensors that no rule names.
-    A quantizer storage applies only to 2-D tensors of at least min_quant_numel elements; smaller
-    tensors get fp16 unless a rule gives them a float storage (fp16, bf16, fp32).
-    clip: "percentile" (clip_quantile of |w|), "std" (clip_k x row std) or "search" (lowest error).
-    min_scale: floor on integer row scales (0: none; the Parameter Golf baseline script uses 1/127).
-    bit_pack: b-bit codes (b < 8) packed back to back rather than one byte each.
-    byte_shuffle: blobs of multi-byte values (and packed codes) byte-transposed before compression.
-    """
-    codec: str = "zlib"
-    min_quant_numel: int = 65_536
-    clip_quantile: float = 0.9999984
-    keep_fp16: tuple[str, ...] = ()
-    keep_fp32: tuple[str, ...] = ()
-    min_scale: float = 0.0
-    default_storage: str = "int8-row"
-    group_storage: dict[str, str] = field(default_factory=dict)
-    clip: str = "percentile"
-    clip_k: float = 4.0
-    bit_pack: bool = True
-    ternary_group: int = 64
-    byte_shuffle: bool = False
-
-    def validate(self) -> None:
-        if self.codec in OPTIONAL_CODECS and self.codec not in CODECS:
-            raise LmgolfError(f"pack policy field codec: {_missing_codec(self.codec)}")
-        if self.codec not in CODECS:
-            raise LmgolfError(f"pack policy field codec: {self.codec!r} is not one of {', '.join(CODECS)}")
-        if self.min_quant_numel < 0:
-            raise LmgolfError("pack policy field min_quant_numel: must be >= 0")
-        if not 0 < self.clip_quantile <= 1:
-            raise LmgolfError("pack policy field clip_quantile: must lie in (0, 1]")
-        if self.min_scale < 0:
-            raise LmgolfError("pack policy field min_scale: must be >= 0")
-        if self.clip not in CLIP_RULES:
-            raise LmgolfError(f"pack policy field clip: {self.clip!r} is not one of {', '.join(CLIP_RULES)}")
-        if not self.clip_k > 0:
-            raise LmgolfError("pack policy field clip_k: must be > 0")
-        if self.ternary_group < 1:
-            raise LmgolfError("pack policy field ternary_group: must be >= 1")
-        _check_storage("default_storage", self.default_storage)
-        for key, storage in self.group_storage.items():
-            _check_storage(f"group_storage[{key!r}]", storage)
-            if key not in GROUPS and not any(c in key for c in ".*?["):
-                raise LmgolfError(f"pack policy field group_storage: {key!r} is neither a parameter group "
-                                  f"({', '.join(GROUPS)}) nor a tensor name pattern")
-
-    def storage_for(self, name: str, tensor: torch.Tensor) -> str:
-        if _matches(name, self.keep_fp32):
-            return "fp32"
-        if _matches(name, self.keep_fp16):
-            return "fp16"
-        storage = self._rule_for(name) or self.default_storage
-        quantizable = tensor.ndim == 2 and tensor.numel() >= max(1, self.min_quant_numel)
-        return storage if quantizable or not STORAGES[storage].quantizer else "fp16"
-
-    def _rule_for(self, name: str) -> str | None:
-        for pattern, storage in self.group_storage.items():
-            if pattern not in GROUPS and fnmatch.fnmatchcase(name, pattern):
-                return storage
-        return self.group_storage.get(parameter_group(name))
-
-
-def _check_storage(field_name: str, storage: object) -> None:
-    if storage not in STORAGES:
-        raise LmgolfError(f"pack policy field {field_name}: {storage!r} is not one of {', '.join(STORAGES)}")
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 BLOB_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
@@ -422,7 +339,7 @@ def _read_payload(path: Path) -> tuple[bytes, str]:
     found = _codec_by_id(codec_id)
     missing = next((name for name, i in OPTIONAL_CODECS.items() if i == codec_id), None)
     if found is None and missing:
-        raise LmgolfError(f"{path}: {_missing_codec(missing)}")
+        raise LmgolfError(f"{path}: {missing_codec_message(missing)}")
     if found is None:
         raise LmgolfError(f"{path}: unknown codec id {codec_id}")
     name, codec = found

@@ -1,4 +1,4 @@
-"""One config object: model and training dataclasses, named presets, and `key=value` overrides.
+"""One config object: model, training and packing dataclasses, named presets, and `key=value` overrides.
 
 Presets are JSON files in `lmgolf/presets/`. A run folder stores the full resolved config as
 `config.json`, which loads back with `Config.from_dict`.
@@ -7,6 +7,7 @@ Presets are JSON files in `lmgolf/presets/`. A run folder stores the full resolv
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import types
 import typing
@@ -222,6 +223,9 @@ class TrainConfig:
     eval_tokens: int = 65536            # validation prefix for periodic passes (the final pass uses all)
     checkpoint_every: int = 0           # steps between checkpoints; 0: only at the end
     log_every: int = 10
+    qat: bool = False                   # fake-quantize weights with the pack policy's quantizer (lmgolf.qat)
+    qat_start: float = 0.0              # ... from this fraction of the budget on
+    qat_lr_scale: float = 0.0           # ... or once the LR multiplier has fallen to this (0: unused), if sooner
 
     def validate(self) -> None:
         choices = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "bf16", "fp32"),
@@ -236,12 +240,140 @@ class TrainConfig:
             raise LmgolfError("config fields train.max_steps and train.time_budget: must be >= 0")
         if not 0 <= self.warmup + self.warmdown <= 1:
             raise LmgolfError("config fields train.warmup and train.warmdown: together they must lie in [0, 1]")
+        if not 0 <= self.qat_start <= 1 or not 0 <= self.qat_lr_scale <= 1:
+            raise LmgolfError("config fields train.qat_start and train.qat_lr_scale: must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class PackPolicy:
+    """Which storage each tensor gets, with what clip, and how the payload is compressed.
+
+    keep_fp16 / keep_fp32: tensor names or fnmatch patterns (e.g. "tok_emb.weight", "*.resid_mix").
+    group_storage: parameter group (lmgolf.count.GROUPS) or tensor name pattern -> storage name, e.g.
+      {"embedding": "int8-row", "attention": "int6-row", "mlp": "int5-row"}; patterns win over groups.
+    default_storage: for tensors that no rule names.
+    A quantizer storage applies only to 2-D tensors of at least min_quant_numel elements; smaller
+    tensors get fp16 unless a rule gives them a float storage (fp16, bf16, fp32).
+    clip: "percentile" (clip_quantile of |w|), "std" (clip_k x row std) or "search" (lowest error).
+    min_scale: floor on integer row scales (0: none; the Parameter Golf baseline script uses 1/127).
+    bit_pack: b-bit codes (b < 8) packed back to back rather than one byte each.
+    byte_shuffle: blobs of multi-byte values (and packed codes) byte-transposed before compression.
+    gptq: quantize each matrix column by column with GPTQ error feedback (lmgolf.gptq), from Hessians of
+      gptq_tokens calibration tokens of gptq_calibration ("train": training data, "self": text the
+      model samples itself); gptq_damp x mean diagonal is added to the Hessian, gptq_block columns a block.
+    prune: share of the chosen weights (prune_targets: groups or name patterns; empty: every quantized
+      matrix) set to zero by magnitude before quantization, per tensor or global (prune_scope).
+    lowrank: group or name pattern -> rank r of a correction A @ B (fp16) of that tensor's quantization error.
+    """
+    codec: str = "zlib"
+    min_quant_numel: int = 65_536
+    clip_quantile: float = 0.9999984
+    keep_fp16: tuple[str, ...] = ()
+    keep_fp32: tuple[str, ...] = ()
+    min_scale: float = 0.0
+    default_storage: str = "int8-row"
+    group_storage: dict[str, str] = field(default_factory=dict)
+    clip: str = "percentile"
+    clip_k: float = 4.0
+    bit_pack: bool = True
+    ternary_group: int = 64
+    byte_shuffle: bool = False
+    gptq: bool = False
+    gptq_calibration: str = "train"
+    gptq_tokens: int = 32_768
+    gptq_damp: float = 0.01
+    gptq_block: int = 128
+    prune: float = 0.0
+    prune_scope: str = "tensor"
+    prune_targets: tuple[str, ...] = ()
+    lowrank: dict[str, int] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from lmgolf.artifact import CODECS, OPTIONAL_CODECS
+        from lmgolf.count import GROUPS
+        from lmgolf.quantize import CLIP_RULES
+        if self.codec in OPTIONAL_CODECS and self.codec not in CODECS:
+            raise LmgolfError(f"config field pack.codec: {missing_codec_message(self.codec)}")
+        if self.codec not in CODECS:
+            raise LmgolfError(f"config field pack.codec: {self.codec!r} is not one of {', '.join(CODECS)}")
+        if self.min_quant_numel < 0:
+            raise LmgolfError("config field pack.min_quant_numel: must be >= 0")
+        if not 0 < self.clip_quantile <= 1:
+            raise LmgolfError("config field pack.clip_quantile: must lie in (0, 1]")
+        if self.min_scale < 0:
+            raise LmgolfError("config field pack.min_scale: must be >= 0")
+        if self.clip not in CLIP_RULES:
+            raise LmgolfError(f"config field pack.clip: {self.clip!r} is not one of {', '.join(CLIP_RULES)}")
+        if not self.clip_k > 0:
+            raise LmgolfError("config field pack.clip_k: must be > 0")
+        if self.ternary_group < 1:
+            raise LmgolfError("config field pack.ternary_group: must be >= 1")
+        if self.gptq_calibration not in ("train", "self"):
+            raise LmgolfError(f"config field pack.gptq_calibration: {self.gptq_calibration!r} is not one of train, self")
+        if self.gptq_tokens < 1 or self.gptq_block < 1 or not self.gptq_damp > 0:
+            raise LmgolfError("config fields pack.gptq_tokens, pack.gptq_block, pack.gptq_damp: must be positive")
+        if not 0 <= self.prune < 1:
+            raise LmgolfError("config field pack.prune: the sparsity must lie in [0, 1)")
+        if self.prune_scope not in ("tensor", "global"):
+            raise LmgolfError(f"config field pack.prune_scope: {self.prune_scope!r} is not one of tensor, global")
+        for key, rank in self.lowrank.items():
+            if not isinstance(rank, int) or rank < 1:
+                raise LmgolfError(f"config field pack.lowrank[{key!r}]: the rank must be an integer >= 1")
+        for key in (*self.prune_targets, *self.lowrank):
+            _check_target("prune_targets or lowrank", key, GROUPS)
+        _check_storage("default_storage", self.default_storage)
+        for key, storage in self.group_storage.items():
+            _check_storage(f"group_storage[{key!r}]", storage)
+            _check_target("group_storage", key, GROUPS)
+
+    def storage_for(self, name: str, tensor) -> str:
+        from lmgolf.quantize import STORAGES
+        if _matches(name, self.keep_fp32):
+            return "fp32"
+        if _matches(name, self.keep_fp16):
+            return "fp16"
+        storage = self._rule_for(name) or self.default_storage
+        quantizable = tensor.ndim == 2 and tensor.numel() >= max(1, self.min_quant_numel)
+        return storage if quantizable or not STORAGES[storage].quantizer else "fp16"
+
+    def targets(self, name: str, keys) -> bool:
+        """Whether a tensor is named by a list of parameter groups and name patterns."""
+        from lmgolf.count import GROUPS, parameter_group
+        return any(fnmatch.fnmatchcase(name, k) if k not in GROUPS else parameter_group(name) == k for k in keys)
+
+    def _rule_for(self, name: str) -> str | None:
+        from lmgolf.count import GROUPS, parameter_group
+        for pattern, storage in self.group_storage.items():
+            if pattern not in GROUPS and fnmatch.fnmatchcase(name, pattern):
+                return storage
+        return self.group_storage.get(parameter_group(name))
+
+
+def missing_codec_message(name: str) -> str:
+    return f"the {name} codec needs the {name} package (pip install {name})"
+
+
+def _check_target(field_name: str, key: str, groups: tuple[str, ...]) -> None:
+    if key not in groups and not any(c in key for c in ".*?["):
+        raise LmgolfError(f"config field pack.{field_name}: {key!r} is neither a parameter group "
+                          f"({', '.join(groups)}) nor a tensor name pattern")
+
+
+def _check_storage(field_name: str, storage: object) -> None:
+    from lmgolf.quantize import STORAGES
+    if storage not in STORAGES:
+        raise LmgolfError(f"config field pack.{field_name}: {storage!r} is not one of {', '.join(STORAGES)}")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pack: PackPolicy = field(default_factory=PackPolicy)
     preset: str = ""
 
     def to_dict(self) -> dict:
@@ -251,18 +383,20 @@ class Config:
     def from_dict(cls, data: dict, source: str = "config") -> "Config":
         if not isinstance(data, dict):
             raise LmgolfError(f"{source}: expected a JSON object")
-        unknown = set(data) - {"model", "train", "preset"}
+        unknown = set(data) - {"model", "train", "pack", "preset"}
         if unknown:
-            raise LmgolfError(f"{source}: unknown config section {sorted(unknown)[0]!r} (known: model, train)")
+            raise LmgolfError(f"{source}: unknown config section {sorted(unknown)[0]!r} (known: model, train, pack)")
         model = _build(ModelConfig, data.get("model", {}), f"{source}: model")
         train = _build(TrainConfig, data.get("train", {}), f"{source}: train")
-        cfg = cls(model=model, train=train, preset=str(data.get("preset", "")))
+        pack = _build(PackPolicy, data.get("pack", {}), f"{source}: pack")
+        cfg = cls(model=model, train=train, pack=pack, preset=str(data.get("preset", "")))
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
+        self.pack.validate()
 
     def save(self, path: str | Path) -> None:
         from lmgolf.runfiles import atomic_write_text
@@ -295,7 +429,7 @@ def load_config(preset: str, overrides: list[str] = ()) -> Config:
 
 
 def _locate(key: str) -> tuple[str, str]:
-    sections = {"model": ModelConfig, "train": TrainConfig}
+    sections = {"model": ModelConfig, "train": TrainConfig, "pack": PackPolicy}
     if "." in key:
         section, name = key.split(".", 1)
         if section in sections and name in _field_types(sections[section]):
@@ -345,5 +479,10 @@ def _coerce(value, annotation, where: str):
             return float(value)
         if kind is str and isinstance(value, str):
             return value
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in options)
+        container, args = typing.get_origin(kind), typing.get_args(kind)
+        if container is tuple and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if container is dict and isinstance(value, dict):
+            return {str(k): _coerce(v, args[1], f"{where}[{k!r}]") for k, v in value.items()}
+    names = " or ".join("null" if k is type(None) else getattr(k, "__name__", str(k)) for k in options)
     raise LmgolfError(f"{where}: expected {names}, got {value!r}")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmgolf import artifact
+from lmgolf import quantize as Q
 from lmgolf.artifact import PackPolicy, code_bytes, code_files, dequantized_state_dict, load_artifact, pack
 from lmgolf.config import Config, ModelConfig, load_preset
 from lmgolf.count import count_module
@@ -99,7 +100,7 @@ def test_policy_picks_storages():
 def test_row_quantile_matches_torch_quantile():
     w = torch.randn(7, 1000).abs()
     for q in (0.5, 0.9, 0.9999984, 1.0):
-        assert torch.allclose(artifact.row_quantile(w, q), torch.quantile(w, q, dim=1), rtol=1e-6, atol=0)
+        assert torch.allclose(Q.row_quantile(w, q), torch.quantile(w, q, dim=1), rtol=1e-6, atol=0)
 
 
 def test_int8_rows_are_within_half_a_step_where_unclipped():
@@ -111,7 +112,7 @@ def test_int8_rows_are_within_half_a_step_where_unclipped():
     blobs, _ = artifact.STORAGES["int8-row"].quantize(w, policy)
     restored = artifact.STORAGES["int8-row"].dequantize(blobs, {}, list(w.shape))
     step = blobs["scale"].float()[:, None]
-    clip = artifact.row_quantile(w.abs(), policy.clip_quantile)[:, None]
+    clip = Q.row_quantile(w.abs(), policy.clip_quantile)[:, None]
     unclipped = w.abs() <= clip
     assert blobs["q"].dtype == torch.int8 and blobs["scale"].dtype == torch.float16
     assert ((restored - w).abs() <= step / 2 * (1 + 1e-6))[unclipped].all()
@@ -354,7 +355,7 @@ def test_bad_quantizer_policies_are_refused():
              "clip_k": dict(clip_k=0.0),
              "ternary_group": dict(ternary_group=0)}
     for message, fields in cases.items():
-        with pytest.raises(LmgolfError, match=f"pack policy field {message}"):
+        with pytest.raises(LmgolfError, match=f"config field pack.{message}"):
             PackPolicy(**fields).validate()
 
 
