@@ -19,6 +19,7 @@ import hashlib
 import json
 import lzma
 import struct
+import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ BUDGET = 16_000_000  # the Parameter Golf limit: decimal bytes of artifact plus 
 # The lmgolf source files needed to load an artifact and score it (their imports included);
 # tests/test_artifact.py checks that this set is closed under lmgolf imports.
 CODE_FILES = ("__init__.py", "errors.py", "runfiles.py", "config.py", "model.py", "count.py", "tokenizers.py",
-              "artifact.py", "quantize.py", "evaluate.py", "device.py", "progress.py")
+              "artifact.py", "quantize.py", "evaluate.py", "device.py", "progress.py", "shards.py",
+              "runner.py")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,13 +230,15 @@ def dequantized_state_dict(model: GPT, policy: PackPolicy = PackPolicy()) -> dic
 
 
 def code_files() -> list[Path]:
-    """The lmgolf source files that count toward the budget (those that exist in this checkout)."""
+    """The lmgolf source files that the runner file bundles (those that exist in this checkout)."""
     package = Path(__file__).parent
     return [package / name for name in CODE_FILES if (package / name).is_file()]
 
 
-def code_bytes() -> int:
-    return sum(p.stat().st_size for p in code_files())
+def code_bytes(runner: str = "plain") -> int:
+    """The code bytes the challenge counts: the size of the runner file (lmgolf.runner), plain or compressed."""
+    from lmgolf.runner import runner_bytes
+    return runner_bytes(runner)
 
 
 @dataclass
@@ -244,41 +248,52 @@ class PackReport:
     code_bytes: int
     total_bytes: int
     budget: int
-    groups: list[dict]     # per parameter group: group, params, storage, raw_bytes (uncompressed blobs)
+    groups: list[dict]     # per parameter group: group, params, storage, raw_bytes, compressed_bytes
     codec: str = "zlib"
     header_bytes: int = 0  # the uncompressed JSON header (config, tokenizer, tensor index)
+    runner: str = "plain"
+    seconds: float = 0.0   # quantizing and compressing
 
     def fits(self) -> bool:
         return self.total_bytes <= self.budget
 
     def verdict(self) -> str:
         status = "fits" if self.fits() else f"OVER by {self.total_bytes - self.budget:,}"
-        return (f"artifact {self.artifact_bytes:,} bytes + code {self.code_bytes:,} bytes = "
+        return (f"artifact {self.artifact_bytes:,} bytes + code {self.code_bytes:,} bytes ({self.runner} runner) = "
                 f"{self.total_bytes:,} bytes of budget {self.budget:,} ({status})")
 
     def format(self) -> str:
-        lines = [f"{'group':<12}{'parameters':>14}  {'storage':<16}{'raw bytes':>14}"]
+        head = f"{'group':<12}{'parameters':>12}  {'storage':<22}{'raw bytes':>12}{self.codec + ' bytes':>13}{'bits/param':>11}"
+        lines = [head]
         for g in self.groups:
-            lines.append(f"{g['group']:<12}{g['params']:>14,}  {g['storage']:<16}{g['raw_bytes']:>14,}")
-        lines.append(f"{'header':<12}{'':>14}  {'json':<16}{self.header_bytes:>14,}")
+            bits = 8 * g["compressed_bytes"] / max(g["params"], 1)
+            lines.append(f"{g['group']:<12}{g['params']:>12,}  {g['storage']:<22}{g['raw_bytes']:>12,}"
+                         f"{g['compressed_bytes']:>13,}{bits:>11.3f}")
+        lines.append(f"{'header':<12}{'':>12}  {'json':<22}{self.header_bytes:>12,}")
         params = sum(g["params"] for g in self.groups)
         raw = sum(g["raw_bytes"] for g in self.groups) + self.header_bytes
-        lines.append(f"{'total':<12}{params:>14,}  {'':<16}{raw:>14,}")
-        lines.append(f"{self.codec} payload of {raw:,} bytes -> {self.path}")
+        lines.append(f"{'total':<12}{params:>12,}  {'':<22}{raw:>12,}{self.artifact_bytes:>13,}"
+                     f"{8 * self.artifact_bytes / max(params, 1):>11.3f}")
+        lines.append(f"(each group's bytes compressed alone; the total is the artifact, header and preamble included) "
+                     f"-> {self.path}, {self.seconds:.1f} s")
         lines.append(self.verdict())
         return "\n".join(lines)
 
 
-def _group_table(packed: list[_Packed]) -> list[dict]:
+def _group_table(packed: list[_Packed], entries: list[dict], blob_section: bytes, codec: str) -> list[dict]:
     rows: dict[str, dict] = {}
-    for p in packed:
-        row = rows.setdefault(parameter_group(p.name), {"params": 0, "storages": set(), "raw_bytes": 0})
+    for p, entry in zip(packed, entries):
+        row = rows.setdefault(parameter_group(p.name), {"params": 0, "storages": set(), "chunks": []})
         row["params"] += int(np.prod(p.shape, dtype=np.int64))
         row["storages"].add(p.storage)
-        row["raw_bytes"] += sum(t.numel() * t.element_size() for t in p.blobs.values())
+        row["chunks"] += [blob_section[b["offset"]:b["offset"] + b["length"]] for b in entry["blobs"]]
     order = sorted(rows, key=lambda g: GROUPS.index(g) if g in GROUPS else len(GROUPS))
-    return [{"group": g, "params": rows[g]["params"], "storage": "+".join(sorted(rows[g]["storages"])),
-             "raw_bytes": rows[g]["raw_bytes"]} for g in order]
+    table = []
+    for g in order:
+        data = b"".join(rows[g]["chunks"])
+        table.append({"group": g, "params": rows[g]["params"], "storage": "+".join(sorted(rows[g]["storages"])),
+                      "raw_bytes": len(data), "compressed_bytes": len(CODECS[codec].compress(data))})
+    return table
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,9 +317,12 @@ def _container(codec_name: str, payload: bytes) -> bytes:
     return preamble + codec.compress(payload)
 
 
-def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolicy = PackPolicy(),
-         budget: int = BUDGET, allow_over_budget: bool = False) -> PackReport:
-    """Writes the artifact (atomically) unless artifact + code bytes exceed the budget."""
+def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolicy | None = None,
+         budget: int = BUDGET, allow_over_budget: bool = False, runner: str = "plain") -> PackReport:
+    """Writes the artifact (atomically) unless artifact + code bytes exceed the budget.
+    The policy defaults to the config's pack section; code bytes are those of the runner file."""
+    started = time.perf_counter()
+    policy = cfg.pack if policy is None else policy
     policy.validate()
     if model.cfg != cfg.model:
         raise LmgolfError("config: the model was not built from this config's model section")
@@ -316,9 +334,10 @@ def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolic
               "tokenizer": _tokenizer_header(tokenizer), "policy": _policy_header(policy), "tensors": entries}
     payload = _encode_payload(header, blob_section)
     data = _container(policy.codec, payload)
-    code = code_bytes()
-    report = PackReport(str(path), len(data), code, len(data) + code, budget, _group_table(packed), policy.codec,
-                        len(payload) - 4 - len(blob_section))
+    code = code_bytes(runner)
+    report = PackReport(str(path), len(data), code, len(data) + code, budget,
+                        _group_table(packed, entries, blob_section, policy.codec), policy.codec,
+                        len(payload) - 4 - len(blob_section), runner, time.perf_counter() - started)
     if not report.fits() and not allow_over_budget:
         raise LmgolfError(f"{path}: not written, {report.verdict()}; "
                           "pass allow_over_budget (--allow-over-budget) to write it anyway")

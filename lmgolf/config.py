@@ -416,6 +416,37 @@ def load_preset(name: str) -> Config:
     return Config.from_dict(data, source=str(path))
 
 
+# Named packing policies (`lmgolf pack --policy NAME`); each is a set of pack.* fields over the defaults.
+PACK_POLICIES = {
+    "int8": {},
+    "int6-emb8": {"default_storage": "int6-row", "group_storage": {"embedding": "int8-row"}},
+    "int5-mlp": {"default_storage": "int6-row", "group_storage": {"embedding": "int8-row", "mlp": "int5-row"}},
+    "ternary": {"default_storage": "ternary", "group_storage": {"embedding": "int8-row"}},
+    "gptq-int6": {"default_storage": "int6-row", "group_storage": {"embedding": "int8-row"}, "gptq": True},
+    "gptq-int4": {"default_storage": "int4-row", "group_storage": {"embedding": "int8-row"}, "gptq": True},
+}
+
+
+def pack_policy(base: PackPolicy, name: str | None = None, overrides: list[str] = ()) -> PackPolicy:
+    """base, replaced by a named policy if given (its codec kept), then `key=value` overrides of pack.* fields."""
+    data = dataclasses.asdict(base)
+    if name is not None:
+        if name not in PACK_POLICIES:
+            raise LmgolfError(f"unknown packing policy {name!r} (known: {', '.join(PACK_POLICIES)})")
+        data = {**dataclasses.asdict(PackPolicy()), "codec": base.codec, **PACK_POLICIES[name]}
+    for item in overrides:
+        if "=" not in item:
+            raise LmgolfError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().removeprefix("pack.")
+        if key not in _field_types(PackPolicy):
+            raise LmgolfError(f"unknown pack policy key {key!r} (known: {', '.join(_field_types(PackPolicy))})")
+        data[key] = _parse_value(raw)
+    policy = _build(PackPolicy, data, "pack policy")
+    policy.validate()
+    return policy
+
+
 def load_config(preset: str, overrides: list[str] = ()) -> Config:
     """A preset with `section.key=value` overrides (the section may be left out when the key is unique)."""
     data = load_preset(preset).to_dict()
