@@ -51,9 +51,10 @@ class Rotary(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the tokens seen so far, one slot per layer, for incremental decoding."""
+    """Keys and values of the tokens seen so far, one slot per depth step, for incremental decoding.
+    Slots are added as needed: depth recurrence runs more steps than the model has blocks."""
 
-    def __init__(self, n_layer: int):
+    def __init__(self, n_layer: int = 0):
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
         self.length = 0
         self.docs: torch.Tensor | None = None  # document index of every cached position (doc_mask models)
@@ -61,8 +62,13 @@ class KVCache:
         self.last_embed: torch.Tensor | None = None  # (batch, 1, d_model): SmearGate's previous input
         self.recent: tuple | None = None  # window models: the last window - 1 inputs and their documents
 
+    def slot(self, layer: int):
+        if layer >= len(self.layers):
+            self.layers += [None] * (layer + 1 - len(self.layers))
+        return self.layers[layer]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        past = self.layers[layer]
+        past = self.slot(layer)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
         self.layers[layer] = (k, v)
@@ -236,7 +242,7 @@ class SelectiveSSM(nn.Module):
         B, T, _ = x.shape
         u, z = self.in_proj(x).chunk(2, dim=-1)
         docs = shared.docs if shared is not None else None
-        past = cache.layers[layer] if cache is not None else None
+        past = cache.slot(layer) if cache is not None else None
         if past is None:
             past = (u.new_zeros(B, self.k - 1, self.width), None if docs is None else docs.new_full((B, self.k - 1), -1),
                     torch.zeros(B, self.width, self.n_state, device=x.device))

@@ -111,3 +111,14 @@ def test_bad_arguments_name_the_field(field, kwargs):
     args = {"prompt_ids": PROMPT, "max_new_tokens": 5, **kwargs}
     with pytest.raises(LmgolfError, match=f"^{field}:"):
         stream(tiny(), **args)  # refused before the first token is asked for
+
+
+def test_cached_generation_with_depth_recurrence():
+    from lmgolf.config import ModelConfig
+    from lmgolf.generate import generate
+    from lmgolf.model import GPT
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=32, n_layer=2, d_model=16, n_head=2, context=16, depth_pattern="0,1,0,1")).eval()
+    cached = generate(model, [1, 2, 3], 10, temperature=0.0, seed=0)
+    uncached = generate(model, [1, 2, 3], 10, temperature=0.0, seed=0, use_cache=False)
+    assert cached == uncached and len(cached) == 10
