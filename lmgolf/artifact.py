@@ -7,9 +7,9 @@ File layout (docs/artifact.md has the full description):
   bytes 41-    the compressed payload
 Payload: u32 little-endian header length | UTF-8 JSON header | raw little-endian tensor blobs.
 
-Each tensor is kept in a named *storage*: a pair of functions, quantize (float weights -> blobs + meta)
-and dequantize (blobs + meta -> float32 weights), registered in lmgolf.quantize.STORAGES. A new
-quantization scheme is a new entry there; `PackPolicy` picks one per tensor.
+Each tensor is kept in a named *storage* (lmgolf.quantize.STORAGES): blobs + meta -> float32 weights.
+A tensor may also carry a low-rank correction (blobs lowrank_a, lowrank_b) added on load. This module
+reads and checks artifacts and holds the format's building blocks; lmgolf.pack writes them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import hashlib
 import json
 import lzma
 import struct
-import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,13 +28,10 @@ import numpy as np
 import torch
 import zstandard
 
-from lmgolf import __version__
 from lmgolf.config import Config, PackPolicy, missing_codec_message  # noqa: F401 (PackPolicy: re-exported)
-from lmgolf.count import GROUPS, parameter_group
 from lmgolf.errors import LmgolfError
 from lmgolf.model import GPT
 from lmgolf.quantize import STORAGES, shuffle_bytes, unshuffle_bytes
-from lmgolf.runfiles import atomic_write_bytes
 
 try:
     import brotli
@@ -47,11 +43,11 @@ MAGIC = b"LMGOLF\x00"
 PREAMBLE = len(MAGIC) + 1 + 1 + 32  # magic, version, codec id, sha256
 BUDGET = 16_000_000  # the Parameter Golf limit: decimal bytes of artifact plus code
 
-# The lmgolf source files needed to load an artifact and score it (their imports included);
-# tests/test_artifact.py checks that this set is closed under lmgolf imports.
+# The lmgolf source files needed to load an artifact and score it (their imports included), which the
+# runner file bundles; tests/test_artifact.py checks that this set is closed under lmgolf imports.
+# Writing an artifact (lmgolf.pack: GPTQ, pruning, the report) is not needed to score it.
 CODE_FILES = ("__init__.py", "errors.py", "runfiles.py", "config.py", "model.py", "count.py", "tokenizers.py",
-              "artifact.py", "quantize.py", "evaluate.py", "device.py", "progress.py", "shards.py",
-              "runner.py")
+              "artifact.py", "quantize.py", "evaluate.py", "device.py", "progress.py", "shards.py")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -104,7 +100,7 @@ _DTYPE_NAMES = {v: k for k, v in BLOB_DTYPES.items()}
 
 
 @dataclass
-class _Packed:
+class Packed:
     """One tensor after quantization."""
     name: str
     shape: list[int]
@@ -113,26 +109,11 @@ class _Packed:
     blobs: dict[str, torch.Tensor]
 
 
-def _quantize_model(model: GPT, policy: PackPolicy) -> list[_Packed]:
-    packed = []
-    for name, tensor in model.state_dict().items():
-        w = tensor.detach().float().cpu()
-        if not torch.isfinite(w).all():
-            raise LmgolfError(f"tensor {name}: contains NaN or inf, refusing to pack")
-        storage = policy.storage_for(name, w)
-        try:
-            blobs, meta = STORAGES[storage].quantize(w, policy)
-        except ValueError as e:
-            raise LmgolfError(f"tensor {name}: cannot store as {storage}: {e}") from None
-        packed.append(_Packed(name, list(w.shape), storage, meta, blobs))
-    return packed
-
-
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _layout(packed: list[_Packed], byte_shuffle: bool = False) -> tuple[list[dict], bytes]:
+def layout(packed: list[Packed], byte_shuffle: bool = False) -> tuple[list[dict], bytes]:
     """Header entries (with blob offsets into the blob section) and the blob section itself."""
     entries, chunks, offset = [], [], 0
     for p in packed:
@@ -152,12 +133,12 @@ def _layout(packed: list[_Packed], byte_shuffle: bool = False) -> tuple[list[dic
     return entries, b"".join(chunks)
 
 
-def _encode_payload(header: dict, blob_section: bytes) -> bytes:
+def encode_payload(header: dict, blob_section: bytes) -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     return struct.pack("<I", len(head)) + head + blob_section
 
 
-def _split_payload(payload: bytes, source: str) -> tuple[dict, memoryview]:
+def split_payload(payload: bytes, source: str) -> tuple[dict, memoryview]:
     if len(payload) < 4:
         raise LmgolfError(f"{source}: corrupt payload, too short for a header")
     (n,) = struct.unpack_from("<I", payload)
@@ -201,13 +182,17 @@ def _read_tensor(entry: dict, blobs: memoryview, source: str) -> tuple[str, torc
         raise LmgolfError(f"{where}: malformed tensor entry")
     parts = {b.get("role"): _read_blob(b, blobs, where) for b in entry["blobs"] if isinstance(b, dict)}
     try:
-        tensor = STORAGES[storage].dequantize(parts, meta, shape).reshape(shape)
+        tensor = STORAGES[storage].dequantize(parts, meta, shape)
+        if "lowrank_a" in parts:  # a low-rank correction of the quantization error: rows += A @ B
+            a, b = parts["lowrank_a"].float(), parts["lowrank_b"].float()
+            tensor = tensor.reshape(a.shape[0], -1) + a @ b
+        tensor = tensor.reshape(shape)
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
         raise LmgolfError(f"{where}: blobs do not fit storage {storage} ({e.__class__.__name__}: {e})") from None
     return name, tensor
 
 
-def _read_tensors(entries: object, blobs: memoryview, source: str) -> dict[str, torch.Tensor]:
+def read_tensors(entries: object, blobs: memoryview, source: str) -> dict[str, torch.Tensor]:
     if not isinstance(entries, list):
         raise LmgolfError(f"{source}: header field 'tensors' missing or not a list")
     return dict(_read_tensor(e, blobs, source) for e in entries)
@@ -217,16 +202,8 @@ def _is_int_list(x: object) -> bool:
     return isinstance(x, list) and all(isinstance(i, int) and i >= 0 for i in x)
 
 
-def dequantized_state_dict(model: GPT, policy: PackPolicy = PackPolicy()) -> dict[str, torch.Tensor]:
-    """The float32 weights the model has after a pack/load round trip (same code path, no compression)."""
-    policy.validate()
-    entries, blob_section = _layout(_quantize_model(model, policy), policy.byte_shuffle)
-    header, blobs = _split_payload(_encode_payload({"tensors": entries}, blob_section), "round trip")
-    return _read_tensors(header["tensors"], blobs, "round trip")
-
-
 # ---------------------------------------------------------------------------------------------------
-# Code bytes and the report
+# Code files
 
 
 def code_files() -> list[Path]:
@@ -235,117 +212,28 @@ def code_files() -> list[Path]:
     return [package / name for name in CODE_FILES if (package / name).is_file()]
 
 
-def code_bytes(runner: str = "plain") -> int:
-    """The code bytes the challenge counts: the size of the runner file (lmgolf.runner), plain or compressed."""
-    from lmgolf.runner import runner_bytes
-    return runner_bytes(runner)
-
-
-@dataclass
-class PackReport:
-    path: str
-    artifact_bytes: int
-    code_bytes: int
-    total_bytes: int
-    budget: int
-    groups: list[dict]     # per parameter group: group, params, storage, raw_bytes, compressed_bytes
-    codec: str = "zlib"
-    header_bytes: int = 0  # the uncompressed JSON header (config, tokenizer, tensor index)
-    runner: str = "plain"
-    seconds: float = 0.0   # quantizing and compressing
-
-    def fits(self) -> bool:
-        return self.total_bytes <= self.budget
-
-    def verdict(self) -> str:
-        status = "fits" if self.fits() else f"OVER by {self.total_bytes - self.budget:,}"
-        return (f"artifact {self.artifact_bytes:,} bytes + code {self.code_bytes:,} bytes ({self.runner} runner) = "
-                f"{self.total_bytes:,} bytes of budget {self.budget:,} ({status})")
-
-    def format(self) -> str:
-        head = f"{'group':<12}{'parameters':>12}  {'storage':<22}{'raw bytes':>12}{self.codec + ' bytes':>13}{'bits/param':>11}"
-        lines = [head]
-        for g in self.groups:
-            bits = 8 * g["compressed_bytes"] / max(g["params"], 1)
-            lines.append(f"{g['group']:<12}{g['params']:>12,}  {g['storage']:<22}{g['raw_bytes']:>12,}"
-                         f"{g['compressed_bytes']:>13,}{bits:>11.3f}")
-        lines.append(f"{'header':<12}{'':>12}  {'json':<22}{self.header_bytes:>12,}")
-        params = sum(g["params"] for g in self.groups)
-        raw = sum(g["raw_bytes"] for g in self.groups) + self.header_bytes
-        lines.append(f"{'total':<12}{params:>12,}  {'':<22}{raw:>12,}{self.artifact_bytes:>13,}"
-                     f"{8 * self.artifact_bytes / max(params, 1):>11.3f}")
-        lines.append(f"(each group's bytes compressed alone; the total is the artifact, header and preamble included) "
-                     f"-> {self.path}, {self.seconds:.1f} s")
-        lines.append(self.verdict())
-        return "\n".join(lines)
-
-
-def _group_table(packed: list[_Packed], entries: list[dict], blob_section: bytes, codec: str) -> list[dict]:
-    rows: dict[str, dict] = {}
-    for p, entry in zip(packed, entries):
-        row = rows.setdefault(parameter_group(p.name), {"params": 0, "storages": set(), "chunks": []})
-        row["params"] += int(np.prod(p.shape, dtype=np.int64))
-        row["storages"].add(p.storage)
-        row["chunks"] += [blob_section[b["offset"]:b["offset"] + b["length"]] for b in entry["blobs"]]
-    order = sorted(rows, key=lambda g: GROUPS.index(g) if g in GROUPS else len(GROUPS))
-    table = []
-    for g in order:
-        data = b"".join(rows[g]["chunks"])
-        table.append({"group": g, "params": rows[g]["params"], "storage": "+".join(sorted(rows[g]["storages"])),
-                      "raw_bytes": len(data), "compressed_bytes": len(CODECS[codec].compress(data))})
-    return table
-
-
 # ---------------------------------------------------------------------------------------------------
 # Pack and load
 
 
-def _tokenizer_header(tokenizer) -> dict:
+def tokenizer_header(tokenizer) -> dict:
     files = {name: base64.b64encode(data).decode("ascii") for name, data in tokenizer.files().items()}
     return {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "fingerprint": tokenizer.fingerprint,
             "files": files}
 
 
-def _policy_header(policy: PackPolicy) -> dict:
+def policy_header(policy: PackPolicy) -> dict:
     """The policy for the record, without the codec, so that every codec compresses the same payload."""
     return {k: v for k, v in asdict(policy).items() if k != "codec"}
 
 
-def _container(codec_name: str, payload: bytes) -> bytes:
+def container(codec_name: str, payload: bytes) -> bytes:
     codec = CODECS[codec_name]
     preamble = MAGIC + bytes([FORMAT_VERSION, codec.id]) + hashlib.sha256(payload).digest()
     return preamble + codec.compress(payload)
 
 
-def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolicy | None = None,
-         budget: int = BUDGET, allow_over_budget: bool = False, runner: str = "plain") -> PackReport:
-    """Writes the artifact (atomically) unless artifact + code bytes exceed the budget.
-    The policy defaults to the config's pack section; code bytes are those of the runner file."""
-    started = time.perf_counter()
-    policy = cfg.pack if policy is None else policy
-    policy.validate()
-    if model.cfg != cfg.model:
-        raise LmgolfError("config: the model was not built from this config's model section")
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise LmgolfError(f"tokenizer: vocabulary of {tokenizer.vocab_size} exceeds the model's {cfg.model.vocab_size}")
-    packed = _quantize_model(model, policy)
-    entries, blob_section = _layout(packed, policy.byte_shuffle)
-    header = {"format": FORMAT_VERSION, "lmgolf_version": __version__, "config": cfg.to_dict(),
-              "tokenizer": _tokenizer_header(tokenizer), "policy": _policy_header(policy), "tensors": entries}
-    payload = _encode_payload(header, blob_section)
-    data = _container(policy.codec, payload)
-    code = code_bytes(runner)
-    report = PackReport(str(path), len(data), code, len(data) + code, budget,
-                        _group_table(packed, entries, blob_section, policy.codec), policy.codec,
-                        len(payload) - 4 - len(blob_section), runner, time.perf_counter() - started)
-    if not report.fits() and not allow_over_budget:
-        raise LmgolfError(f"{path}: not written, {report.verdict()}; "
-                          "pass allow_over_budget (--allow-over-budget) to write it anyway")
-    atomic_write_bytes(path, data)
-    return report
-
-
-def _read_payload(path: Path) -> tuple[bytes, str]:
+def read_payload(path: Path) -> tuple[bytes, str]:
     """The verified uncompressed payload and the codec name."""
     if not path.is_file():
         raise LmgolfError(f"{path}: no such artifact")
@@ -375,8 +263,8 @@ def _read_payload(path: Path) -> tuple[bytes, str]:
 def read_header(path: str | Path) -> dict:
     """The artifact's JSON header (config, tokenizer, tensor index), plus `codec` and `artifact_bytes`."""
     path = Path(path)
-    payload, codec = _read_payload(path)
-    header, _ = _split_payload(payload, str(path))
+    payload, codec = read_payload(path)
+    header, _ = split_payload(payload, str(path))
     return {**header, "codec": codec, "artifact_bytes": path.stat().st_size}
 
 
@@ -397,11 +285,11 @@ def _load_tokenizer(info: object, path: Path):
 def load_artifact(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode with the dequantized weights, config, tokenizer, header info)."""
     path = Path(path)
-    payload, codec = _read_payload(path)
-    header, blobs = _split_payload(payload, str(path))
+    payload, codec = read_payload(path)
+    header, blobs = split_payload(payload, str(path))
     cfg = Config.from_dict(header.get("config"), source=f"{path}: header field 'config'")
     tokenizer = _load_tokenizer(header.get("tokenizer"), path)
-    weights = _read_tensors(header.get("tensors"), blobs, str(path))
+    weights = read_tensors(header.get("tensors"), blobs, str(path))
     model = GPT(cfg.model)
     try:
         model.load_state_dict(weights)

@@ -13,7 +13,12 @@ from lmgolf.errors import LmgolfError
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options that come after a positional argument
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
     except LmgolfError as e:
@@ -80,14 +85,40 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"])
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--mode", default="window", choices=["window", "docs", "ttt", "temperature"],
+                    help="window: sliding windows | docs: no context across documents | ttt: score-first "
+                         "test-time training | temperature: logits / T, T fitted on training tokens")
+    ev.add_argument("--docs", action="store_true", help="document-isolated windows in the ttt and temperature modes")
+    ev.add_argument("--ttt-chunk", type=int, default=None, help="ttt: targets per chunk (default: the context)")
+    ev.add_argument("--ttt-steps", type=int, default=None, help="ttt: optimizer steps per chunk, after scoring it (default 1)")
+    ev.add_argument("--ttt-lr", type=float, default=None, help="ttt: SGD learning rate (default 1e-3)")
+    ev.add_argument("--ttt-momentum", type=float, default=None, help="ttt: SGD momentum (default 0.9)")
+    ev.add_argument("--ttt-optimizer", default=None, choices=["sgd", "lora"],
+                    help="ttt: train all weights (sgd, the default) or LoRA adapters")
+    ev.add_argument("--lora-rank", type=int, default=None, help="ttt with lora: adapter rank (default 8)")
+    ev.add_argument("--lora-alpha", type=float, default=None, help="ttt with lora: adapter alpha (default: the rank)")
+    ev.add_argument("--ttt-reset-docs", action="store_true", help="ttt: restore the weights at every document start")
+    ev.add_argument("--fit-tokens", type=int, default=None, help="temperature: training tokens to fit T on (default 16384)")
+    ev.add_argument("--seed", type=int, default=0, help="ttt (LoRA init) and temperature (training windows)")
+    ev.add_argument("--baselines", action="store_true", help="also print the bpb of zlib, lzma, bz2 and zstd on the val text")
+    ev.add_argument("--baseline-prefix-bytes", type=int, default=None,
+                    help="bytes of training text the compressors read first (default 8,000,000)")
     ev.set_defaults(func=cmd_eval)
 
     pack = sub.add_parser("pack", help="write the compressed artifact of a run and print its byte breakdown")
     pack.add_argument("run", help="a run folder")
     pack.add_argument("--out", default=None, help="artifact path (default: RUN/model.lmg)")
-    pack.add_argument("--codec", default="zlib", choices=["zlib", "lzma", "zstd"])
+    pack.add_argument("--policy", default=None, help="a named packing policy (default: the run config's pack section): "
+                      "int8 | int6-emb8 | int5-mlp | ternary | gptq-int6 | gptq-int4")
+    pack.add_argument("--codec", default=None, help="zlib | lzma | zstd | brotli (default: the policy's)")
+    pack.add_argument("--runner", default="plain", choices=["plain", "compressed"],
+                      help="the runner file whose bytes count as code")
+    pack.add_argument("--write-runner", default=None, metavar="PATH", help="also write that runner file")
+    pack.add_argument("--data", default=None, help="data folder for GPTQ calibration (default: the run's)")
     pack.add_argument("--budget", type=int, default=16_000_000, help="bytes for artifact plus code (decimal)")
     pack.add_argument("--allow-over-budget", action="store_true")
+    pack.add_argument("overrides", nargs="*", help="pack policy fields, e.g. clip=search byte_shuffle=true "
+                      "'group_storage={\"mlp\": \"int5-row\"}'")
     pack.set_defaults(func=cmd_pack)
 
     gen = sub.add_parser("generate", help="sample text from a run folder or an artifact")
@@ -172,29 +203,79 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from lmgolf.data import DataFolder
     from lmgolf.device import pick_dtype
-    from lmgolf.evaluate import evaluate
+    from lmgolf.evaluate import evaluate, fit_temperature
+    from lmgolf.ttt import TTTConfig
+    ttt_flags = {"chunk": args.ttt_chunk, "steps": args.ttt_steps, "lr": args.ttt_lr, "momentum": args.ttt_momentum,
+                 "optimizer": args.ttt_optimizer, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha}
+    ttt_flags = {k: v for k, v in ttt_flags.items() if v is not None}
+    if args.mode != "ttt" and (ttt_flags or args.ttt_reset_docs):
+        raise LmgolfError("eval: the --ttt-* and --lora-* flags need --mode ttt")
+    if ({"lora_rank", "lora_alpha"} & ttt_flags.keys()) and ttt_flags.get("optimizer") != "lora":
+        raise LmgolfError("eval --lora-rank/--lora-alpha: need --ttt-optimizer lora")
+    ttt = TTTConfig(reset_docs=args.ttt_reset_docs, docs=args.docs, seed=args.seed, **ttt_flags)
+    ttt.validate()
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise LmgolfError(f"eval --max-tokens: must be >= 1, got {args.max_tokens}")
+    if args.fit_tokens is not None and (args.mode != "temperature" or args.fit_tokens < 1):
+        raise LmgolfError("eval --fit-tokens: needs --mode temperature and a value >= 1")
+    if args.docs and args.mode not in ("ttt", "temperature"):
+        raise LmgolfError("eval --docs: only with --mode ttt or temperature (--mode docs is the plain document mode)")
+    if args.baseline_prefix_bytes is not None and (not args.baselines or args.baseline_prefix_bytes < 0):
+        raise LmgolfError("eval --baseline-prefix-bytes: needs --baselines and a value >= 0")
     model, cfg, tokenizer, data_path = _load_any(args.path, args.data, device=args.device)
+    context = cfg.model.context
+    if args.stride is not None and not 1 <= args.stride <= context:
+        raise LmgolfError(f"eval --stride: must lie in [1, {context}] (the model's context), got {args.stride}")
     data = DataFolder(data_path)
     if tokenizer.fingerprint != data.fingerprint:
         raise LmgolfError(f"{data.path}: tokenized with a different tokenizer than {args.path}")
     tokens, nbytes = data.val_tokens_and_bytes()
     device = model.tok_emb.weight.device
-    result = evaluate(model, tokens, nbytes, cfg.model.context, stride=args.stride, max_tokens=args.max_tokens,
-                      device=device, dtype=pick_dtype(args.dtype, device), progress=not args.quiet)
+    common = dict(stride=args.stride, max_tokens=args.max_tokens, device=device, dtype=pick_dtype(args.dtype, device),
+                  progress=not args.quiet)
+    if args.mode == "ttt":
+        from lmgolf.ttt import evaluate_ttt
+        result = evaluate_ttt(model, tokens, nbytes, context, ttt, bos_id=data.bos_id, **common)
+    elif args.mode == "temperature":
+        t = fit_temperature(model, data.train_tokens(), context, fit_tokens=args.fit_tokens or 16384, seed=args.seed,
+                            device=device, dtype=common["dtype"])
+        result = evaluate(model, tokens, nbytes, context, docs=args.docs, bos_id=data.bos_id, temperature=t, **common)
+    else:
+        result = evaluate(model, tokens, nbytes, context, docs=args.mode == "docs", bos_id=data.bos_id, **common)
+    summary = result.as_dict()
     print(result.format())
-    print(json.dumps(result.as_dict()))
+    if Path(args.path).is_file():  # an artifact: its bytes count too
+        from lmgolf.baselines import total_description_length
+        size = Path(args.path).stat().st_size
+        summary.update(artifact_bytes=size, total_bpb=total_description_length(size, result.bpb, max(result.bytes, 1)))
+        print(f"total description length: ({size:,} artifact bytes x 8 + {result.bpb:.4f} x {result.bytes:,} val bytes) "
+              f"/ {result.bytes:,} = {summary['total_bpb']:.4f} bits/byte")
+    if args.baselines:
+        from lmgolf.baselines import DEFAULT_PREFIX_BYTES, baseline_report
+        prefix = DEFAULT_PREFIX_BYTES if args.baseline_prefix_bytes is None else args.baseline_prefix_bytes
+        report = baseline_report(data, args.max_tokens, prefix)
+        summary["baselines"] = report
+        note = "" if report["exact_text"] else " (lossy tokenizer: the decoded text differs from the original)"
+        print(f"compressors on {report['val_bytes']:,} val bytes after {report['prefix_bytes']:,} training bytes{note}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in report["bpb"].items()) + " bits/byte")
+    print(json.dumps(summary))
 
 
 def cmd_pack(args) -> None:
-    from lmgolf.artifact import PackPolicy, pack
-    from lmgolf.checkpoint import load_model
-    from lmgolf.tokenizers import load_tokenizer
-    model, cfg = load_model(args.run)
-    tokenizer = load_tokenizer(Path(args.run) / "tokenizer")
+    from lmgolf.config import pack_policy
+    from lmgolf.pack import pack
+    from lmgolf.runner import write_runner
+    model, cfg, tokenizer, data = _load_any(args.run, args.data, need_data=False, device="cpu")
+    overrides = list(args.overrides) + ([f"codec={args.codec}"] if args.codec else [])
+    policy = pack_policy(cfg.pack, args.policy, overrides)
     out = args.out or str(Path(args.run) / "model.lmg")
-    report = pack(model, cfg, tokenizer, out, PackPolicy(codec=args.codec), budget=args.budget,
-                  allow_over_budget=args.allow_over_budget)
+    report = pack(model, cfg, tokenizer, out, policy, budget=args.budget, allow_over_budget=args.allow_over_budget,
+                  runner=args.runner)
     print(report.format())
+    if args.write_runner:
+        size = write_runner(args.write_runner, args.runner)
+        print(f"wrote the {args.runner} runner ({size:,} bytes) -> {args.write_runner}: "
+              f"python {args.write_runner} {out} DATA_FOLDER")
 
 
 def cmd_generate(args) -> None:

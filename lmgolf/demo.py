@@ -10,7 +10,8 @@ import shutil
 import time
 from pathlib import Path
 
-from lmgolf.artifact import PackPolicy, load_artifact, pack
+from lmgolf.artifact import PackPolicy, load_artifact
+from lmgolf.pack import pack
 from lmgolf.checkpoint import load_model
 from lmgolf.config import load_config
 from lmgolf.data import DataFolder

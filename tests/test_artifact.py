@@ -11,7 +11,9 @@ import torch
 
 from lmgolf import artifact
 from lmgolf import quantize as Q
-from lmgolf.artifact import PackPolicy, code_bytes, code_files, dequantized_state_dict, load_artifact, pack
+from lmgolf import pack as packing
+from lmgolf.artifact import PackPolicy, code_files, load_artifact
+from lmgolf.pack import code_bytes, dequantized_state_dict, pack
 from lmgolf.config import Config, ModelConfig, load_preset
 from lmgolf.count import count_module
 from lmgolf.errors import LmgolfError
@@ -89,7 +91,7 @@ def test_round_trip_gives_the_dequantized_weights_and_their_logits(packed, token
 def test_policy_picks_storages():
     model, _ = tiny(100, tie_embeddings=True, output_scales=True)
     policy = PackPolicy(min_quant_numel=4096, keep_fp16=("tok_emb.weight",), keep_fp32=("*.attn_scale",))
-    storages = {e["name"]: e["storage"] for e in artifact._layout(artifact._quantize_model(model, policy))[0]}
+    storages = {e["name"]: e["storage"] for e in artifact.layout(packing.quantize_model(model, policy))[0]}
     assert storages["tok_emb.weight"] == "fp16"
     assert storages["blocks.0.attn_scale"] == "fp32"
     assert storages["blocks.0.mlp.up.weight"] == "int8-row"  # 256 x 64
@@ -127,7 +129,7 @@ def test_every_codec_stores_the_same_payload(tmp_path, tokenizer):
         path = tmp_path / f"{codec}.lmg"
         report = pack(model, cfg, tokenizer, path, PackPolicy(codec=codec, min_quant_numel=1024))
         sizes[codec] = report.artifact_bytes == path.stat().st_size and report.artifact_bytes
-        payloads[codec] = artifact._read_payload(path)[0]
+        payloads[codec] = artifact.read_payload(path)[0]
         assert load_artifact(path)[3]["codec"] == codec
     assert len(set(payloads.values())) == 1
     assert len(set(sizes.values())) == len(sizes)
@@ -163,16 +165,16 @@ def test_corrupt_artifacts_are_refused_naming_the_file(packed, tmp_path):
 
 def test_payload_damage_behind_a_valid_checksum_is_refused(packed, tmp_path):
     _, _, path, _ = packed
-    payload, _ = artifact._read_payload(path)
-    header, blobs = artifact._split_payload(payload, "x")
+    payload, _ = artifact.read_payload(path)
+    header, blobs = artifact.split_payload(payload, "x")
     header["tensors"][0]["blobs"][0]["length"] += 1
     forged = tmp_path / "forged.lmg"
-    forged.write_bytes(artifact._container("zlib", artifact._encode_payload(header, bytes(blobs))))
+    forged.write_bytes(artifact.container("zlib", artifact.encode_payload(header, bytes(blobs))))
     with pytest.raises(LmgolfError, match="forged.lmg: tensor .*wrong length"):
         load_artifact(forged)
     header["tensors"][0]["blobs"][0]["length"] -= 1
     header["tensors"][0]["storage"] = "int3-magic"
-    forged.write_bytes(artifact._container("zlib", artifact._encode_payload(header, bytes(blobs))))
+    forged.write_bytes(artifact.container("zlib", artifact.encode_payload(header, bytes(blobs))))
     with pytest.raises(LmgolfError, match="unknown storage 'int3-magic'"):
         load_artifact(forged)
 
@@ -296,7 +298,7 @@ def test_policies_round_trip_through_the_file(tmp_path, tokenizer, name, shuffle
 def test_mixed_policy_picks_storages_by_group_and_pattern():
     model, _ = tiny(100)
     policy = PackPolicy(min_quant_numel=1024, group_storage={**MIXED, "norms": "fp32", "blocks.1.mlp.*": "int8-row"})
-    storages = {e["name"]: e["storage"] for e in artifact._layout(artifact._quantize_model(model, policy))[0]}
+    storages = {e["name"]: e["storage"] for e in artifact.layout(packing.quantize_model(model, policy))[0]}
     assert storages["tok_emb.weight"] == "int8-row"
     assert storages["blocks.0.attn.q.weight"] == "int6-row"
     assert storages["blocks.0.mlp.up.weight"] == "int5-row"
@@ -304,7 +306,7 @@ def test_mixed_policy_picks_storages_by_group_and_pattern():
     assert storages["head.weight"] == "int8-row"             # the default
     assert storages["blocks.0.attn_norm.weight"] == "fp32"   # a float rule reaches small tensors too
     small = {e["name"]: e["storage"] for e in
-             artifact._layout(artifact._quantize_model(model, PackPolicy(default_storage="int6-row")))[0]}
+             artifact.layout(packing.quantize_model(model, PackPolicy(default_storage="int6-row")))[0]}
     assert small["blocks.0.attn.q.weight"] == "fp16"        # under min_quant_numel: no quantizer
 
 
@@ -332,7 +334,7 @@ def test_every_codec_decompresses_to_the_same_payload(tmp_path, tokenizer, polic
     for codec in artifact.CODECS:
         path = tmp_path / f"{codec}.lmg"
         pack(model, cfg, tokenizer, path, dataclasses.replace(policy, codec=codec))
-        payloads.add(artifact._read_payload(path)[0])
+        payloads.add(artifact.read_payload(path)[0])
         weights.append(load_artifact(path)[0].state_dict())
     assert len(payloads) == 1
     assert all(torch.equal(w[k], weights[0][k]) for w in weights for k in w)
@@ -344,7 +346,7 @@ def test_byte_shuffle_changes_the_payload_not_the_weights(tokenizer):
     shuffled = PackPolicy(min_quant_numel=1024, default_storage="int6-row", byte_shuffle=True)
     a, b = dequantized_state_dict(model, plain), dequantized_state_dict(model, shuffled)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    layout = lambda p: artifact._layout(artifact._quantize_model(model, p), p.byte_shuffle)[1]  # noqa: E731
+    layout = lambda p: artifact.layout(packing.quantize_model(model, p), p.byte_shuffle)[1]  # noqa: E731
     assert layout(plain) != layout(shuffled) and len(layout(plain)) == len(layout(shuffled))
 
 
@@ -376,11 +378,11 @@ def test_damaged_quantizer_meta_is_refused(tmp_path, tokenizer):
     model, cfg = tiny(tokenizer.vocab_size)
     path = tmp_path / "m.lmg"
     pack(model, cfg, tokenizer, path, PackPolicy(min_quant_numel=1024, group_storage={"mlp": "ternary"}))
-    payload, _ = artifact._read_payload(path)
-    header, blobs = artifact._split_payload(payload, "x")
+    payload, _ = artifact.read_payload(path)
+    header, blobs = artifact.split_payload(payload, "x")
     entry = next(e for e in header["tensors"] if e["storage"] == "ternary")
     entry["meta"]["group"] = 3
     forged = tmp_path / "forged.lmg"
-    forged.write_bytes(artifact._container("zlib", artifact._encode_payload(header, bytes(blobs))))
+    forged.write_bytes(artifact.container("zlib", artifact.encode_payload(header, bytes(blobs))))
     with pytest.raises(LmgolfError, match="forged.lmg: tensor .*blobs do not fit storage ternary"):
         load_artifact(forged)

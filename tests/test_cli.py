@@ -122,3 +122,40 @@ def test_corrupted_artifact(capsys, tmp_path, pipeline):
 def test_resume_without_checkpoint(capsys, tmp_path, byte_data):
     code, _, err = run(capsys, "train", "--data", byte_data, "--out", tmp_path / "r", "--resume")
     assert_one_line_error(code, err, "no checkpoint")
+
+
+def test_pack_prints_a_group_table_and_writes_the_runner(capsys, tmp_path, pipeline):
+    out_path, runner = tmp_path / "m.lmg", tmp_path / "runner.py"
+    code, out, _ = run(capsys, "pack", pipeline / "run", "--out", out_path, "--policy", "int6-emb8", "--codec", "lzma",
+                       "--runner", "compressed", "--write-runner", runner, "min_quant_numel=256", "byte_shuffle=true")
+    assert code == 0 and out_path.is_file()
+    table = out.splitlines()
+    assert table[0].split()[:3] == ["group", "parameters", "storage"] and "lzma bytes" in table[0] and "bits/param" in table[0]
+    rows = {line.split()[0]: line.split() for line in table[1:] if line.split() and line.split()[0] in ("embedding", "attention", "mlp")}
+    assert rows["embedding"][2] == "int8-row" and rows["mlp"][2] == "int6-row"
+    assert f"code {runner.stat().st_size:,} bytes (compressed runner)" in out
+    from lmgolf.artifact import read_header
+    header = read_header(out_path)
+    assert header["codec"] == "lzma" and header["policy"]["byte_shuffle"] is True
+
+
+def test_pack_refuses_over_budget_and_writes_nothing(capsys, tmp_path, pipeline):
+    out_path = tmp_path / "m.lmg"
+    code, _, err = run(capsys, "pack", pipeline / "run", "--out", out_path, "--budget", 1000)
+    assert_one_line_error(code, err, "not written", "OVER by")
+    assert not out_path.exists() and list(tmp_path.iterdir()) == []
+    assert run(capsys, "pack", pipeline / "run", "--out", out_path, "--budget", 1000, "--allow-over-budget")[0] == 0
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--policy", "int3-everything"], "unknown packing policy"),
+    (["--codec", "gzip"], "pack.codec"),
+    (["clip=median"], "pack.clip"),
+    (["colour=blue"], "unknown pack policy key 'colour'"),
+    (["group_storage={\"mlp\": \"int9-row\"}"], "group_storage"),
+    (["prune=1.5"], "pack.prune"),
+])
+def test_pack_bad_policy(capsys, tmp_path, pipeline, argv, fragment):
+    code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", *argv)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "m.lmg").exists()

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from lmgolf.artifact import PackPolicy, code_bytes, load_artifact, pack
+from lmgolf.artifact import PackPolicy, load_artifact
+from lmgolf.pack import code_bytes, pack
 from lmgolf.config import Config, ModelConfig
 from lmgolf.data import DataFolder
 from lmgolf.evaluate import evaluate

@@ -1,0 +1,188 @@
+"""Writing an artifact: prune, quantize (round to nearest or GPTQ), correct, lay out, compress, report.
+
+For each tensor, in order:
+  1. pruning (pack.prune > 0): the chosen weights with the smallest |w| become exact zeros;
+  2. the storage fixes its grid (scales) from the pruned weights;
+  3. the weights are rounded onto the grid: plainly, or with GPTQ when a Hessian exists for the
+     tensor (pack.gptq; calibration on training tokens or on text the model samples itself);
+  4. low-rank correction (pack.lowrank): A @ B (fp16) of the remaining error, added back on load.
+Only lmgolf.artifact is needed to read the result; this module is not part of the runner file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmgolf import __version__
+from lmgolf.artifact import (BUDGET, CODECS, FORMAT_VERSION, Packed, container, encode_payload, layout,
+                             policy_header, read_tensors, split_payload, tokenizer_header)
+from lmgolf.config import Config, PackPolicy
+from lmgolf.count import GROUPS, parameter_group
+from lmgolf.errors import LmgolfError
+from lmgolf.model import GPT
+from lmgolf.quantize import STORAGES, as_rows
+from lmgolf.runfiles import atomic_write_bytes
+
+
+def calibrate(model: GPT, policy: PackPolicy, train_tokens: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """GPTQ Hessians of every matrix the policy quantizes, from training tokens or self-generated text."""
+    from lmgolf.gptq import calibration_batches, collect_hessians, self_generated_batches
+    context = model.cfg.context
+    if policy.gptq_calibration == "train":
+        if train_tokens is None:
+            raise LmgolfError("config field pack.gptq: calibration on training data needs the data folder (--data)")
+        batches = calibration_batches(np.asarray(train_tokens), policy.gptq_tokens, context)
+    else:
+        if model.cfg.bos_id is None:
+            raise LmgolfError("config field pack.gptq_calibration: self-generated text needs model.bos_id")
+        batches = self_generated_batches(model, policy.gptq_tokens, context, model.cfg.bos_id)
+    names = {n for n, t in model.state_dict().items() if STORAGES[policy.storage_for(n, t)].quantizer}
+    return collect_hessians(model, batches, names)
+
+
+def quantize_model(model: GPT, policy: PackPolicy, hessians: dict[str, torch.Tensor] | None = None) -> list[Packed]:
+    from lmgolf.prune import magnitude_masks
+    state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
+    for name, w in state.items():
+        if not torch.isfinite(w).all():
+            raise LmgolfError(f"tensor {name}: contains NaN or inf, refusing to pack")
+    storages = {name: policy.storage_for(name, w) for name, w in state.items()}
+    masks = {}
+    if policy.prune:
+        chosen = [n for n in state if (policy.targets(n, policy.prune_targets) if policy.prune_targets
+                                       else STORAGES[storages[n]].quantizer)]
+        masks = magnitude_masks({n: as_rows(state[n]) for n in chosen}, policy.prune, policy.prune_scope)
+    packed = []
+    for name, w in state.items():
+        try:
+            packed.append(_quantize_tensor(name, w, storages[name], policy, masks.get(name), (hessians or {}).get(name)))
+        except ValueError as e:
+            raise LmgolfError(f"tensor {name}: cannot store as {storages[name]}: {e}") from None
+    return packed
+
+
+def _quantize_tensor(name: str, w: torch.Tensor, storage: str, policy: PackPolicy, keep: torch.Tensor | None,
+                     hessian: torch.Tensor | None) -> Packed:
+    rows = as_rows(w)
+    pruned = rows if keep is None else torch.where(keep, rows, torch.zeros_like(rows))
+    grid = STORAGES[storage].grid(pruned.reshape(w.shape), policy)
+    quantizer = STORAGES[storage].quantizer
+    if hessian is not None and quantizer:
+        from lmgolf.gptq import gptq_quantize
+        snapped = gptq_quantize(rows, hessian, grid, policy.gptq_block, policy.gptq_damp, keep=keep)
+    else:
+        snapped = grid.snap(pruned, slice(None))
+    blobs, meta = grid.encode(snapped)
+    rank = next((r for key, r in policy.lowrank.items() if policy.targets(name, [key])), 0)
+    if rank and quantizer and w.ndim == 2:
+        from lmgolf.prune import lowrank_correction
+        a, b = lowrank_correction(rows - snapped, rank)
+        blobs = {**blobs, "lowrank_a": a, "lowrank_b": b}
+        meta = {**meta, "lowrank": a.shape[1]}
+    return Packed(name, list(w.shape), storage, meta, blobs)
+
+
+def dequantized_state_dict(model: GPT, policy: PackPolicy = PackPolicy(),
+                           hessians: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The float32 weights the model has after a pack/load round trip (same code path, no compression)."""
+    policy.validate()
+    entries, blob_section = layout(quantize_model(model, policy, hessians), policy.byte_shuffle)
+    header, blobs = split_payload(encode_payload({"tensors": entries}, blob_section), "round trip")
+    return read_tensors(header["tensors"], blobs, "round trip")
+
+
+def code_bytes(runner: str = "plain") -> int:
+    """The code bytes the challenge counts: the size of the runner file (lmgolf.runner), plain or compressed."""
+    from lmgolf.runner import runner_bytes
+    return runner_bytes(runner)
+
+
+@dataclass
+class PackReport:
+    path: str
+    artifact_bytes: int
+    code_bytes: int
+    total_bytes: int
+    budget: int
+    groups: list[dict]     # per parameter group: group, params, storage, raw_bytes, compressed_bytes
+    codec: str = "zlib"
+    header_bytes: int = 0  # the uncompressed JSON header (config, tokenizer, tensor index)
+    runner: str = "plain"
+    seconds: float = 0.0   # calibrating, quantizing and compressing
+
+    def fits(self) -> bool:
+        return self.total_bytes <= self.budget
+
+    def verdict(self) -> str:
+        status = "fits" if self.fits() else f"OVER by {self.total_bytes - self.budget:,}"
+        return (f"artifact {self.artifact_bytes:,} bytes + code {self.code_bytes:,} bytes ({self.runner} runner) = "
+                f"{self.total_bytes:,} bytes of budget {self.budget:,} ({status})")
+
+    def format(self) -> str:
+        lines = [f"{'group':<12}{'parameters':>12}  {'storage':<22}{'raw bytes':>12}{self.codec + ' bytes':>13}"
+                 f"{'bits/param':>11}"]
+        for g in self.groups:
+            bits = 8 * g["compressed_bytes"] / max(g["params"], 1)
+            lines.append(f"{g['group']:<12}{g['params']:>12,}  {g['storage']:<22}{g['raw_bytes']:>12,}"
+                         f"{g['compressed_bytes']:>13,}{bits:>11.3f}")
+        lines.append(f"{'header':<12}{'':>12}  {'json':<22}{self.header_bytes:>12,}")
+        params = sum(g["params"] for g in self.groups)
+        raw = sum(g["raw_bytes"] for g in self.groups) + self.header_bytes
+        lines.append(f"{'total':<12}{params:>12,}  {'':<22}{raw:>12,}{self.artifact_bytes:>13,}"
+                     f"{8 * self.artifact_bytes / max(params, 1):>11.3f}")
+        lines.append(f"(each group compressed alone; the total is the whole artifact) -> {self.path}, "
+                     f"{self.seconds:.1f} s")
+        lines.append(self.verdict())
+        return "\n".join(lines)
+
+
+def _group_table(packed: list[Packed], entries: list[dict], blob_section: bytes, codec: str) -> list[dict]:
+    rows: dict[str, dict] = {}
+    for p, entry in zip(packed, entries):
+        row = rows.setdefault(parameter_group(p.name), {"params": 0, "storages": set(), "chunks": []})
+        row["params"] += int(np.prod(p.shape, dtype=np.int64))
+        row["storages"].add(p.storage + ("+lowrank" if "lowrank" in p.meta else ""))
+        row["chunks"] += [blob_section[b["offset"]:b["offset"] + b["length"]] for b in entry["blobs"]]
+    order = sorted(rows, key=lambda g: GROUPS.index(g) if g in GROUPS else len(GROUPS))
+    table = []
+    for g in order:
+        data = b"".join(rows[g]["chunks"])
+        table.append({"group": g, "params": rows[g]["params"], "storage": "+".join(sorted(rows[g]["storages"])),
+                      "raw_bytes": len(data), "compressed_bytes": len(CODECS[codec].compress(data))})
+    return table
+
+
+def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolicy | None = None,
+         budget: int = BUDGET, allow_over_budget: bool = False, runner: str = "plain",
+         train_tokens: np.ndarray | None = None) -> PackReport:
+    """Writes the artifact (atomically) unless artifact + code bytes exceed the budget. The policy
+    defaults to the config's pack section; code bytes are those of the runner file; train_tokens feed
+    GPTQ's calibration."""
+    started = time.perf_counter()
+    policy = cfg.pack if policy is None else policy
+    policy.validate()
+    if model.cfg != cfg.model:
+        raise LmgolfError("config: the model was not built from this config's model section")
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise LmgolfError(f"tokenizer: vocabulary of {tokenizer.vocab_size} exceeds the model's {cfg.model.vocab_size}")
+    hessians = calibrate(model, policy, train_tokens) if policy.gptq else None
+    packed = quantize_model(model, policy, hessians)
+    entries, blob_section = layout(packed, policy.byte_shuffle)
+    header = {"format": FORMAT_VERSION, "lmgolf_version": __version__, "config": cfg.to_dict(),
+              "tokenizer": tokenizer_header(tokenizer), "policy": policy_header(policy), "tensors": entries}
+    payload = encode_payload(header, blob_section)
+    data = container(policy.codec, payload)
+    code = code_bytes(runner)
+    report = PackReport(str(path), len(data), code, len(data) + code, budget,
+                        _group_table(packed, entries, blob_section, policy.codec), policy.codec,
+                        len(payload) - 4 - len(blob_section), runner, time.perf_counter() - started)
+    if not report.fits() and not allow_over_budget:
+        raise LmgolfError(f"{path}: not written, {report.verdict()}; "
+                          "pass allow_over_budget (--allow-over-budget) to write it anyway")
+    atomic_write_bytes(path, data)
+    return report
