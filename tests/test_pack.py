@@ -1,0 +1,112 @@
+"""Packing with pruning, GPTQ and low-rank corrections: what is written is what loads back."""
+
+import numpy as np
+import pytest
+import torch
+
+from lmgolf import pack as packing
+from lmgolf.artifact import load_artifact
+from lmgolf.config import Config, ModelConfig, PackPolicy
+from lmgolf.errors import LmgolfError
+from lmgolf.model import GPT
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides):
+    cfg = Config(model=ModelConfig(vocab_size=260, n_layer=2, d_model=32, n_head=2, context=16, bos_id=0,
+                                   tie_embeddings=False, **overrides))
+    torch.manual_seed(0)
+    return GPT(cfg.model).eval(), cfg
+
+
+def tokens(n=4000, seed=0):
+    return np.random.default_rng(seed).integers(0, 260, size=n)
+
+
+def weights(model, policy, hessians=None):
+    return packing.dequantized_state_dict(model, policy, hessians)
+
+
+def output_error(model, restored):
+    x = torch.from_numpy(tokens(256, seed=1)).reshape(16, 16)
+    clone = GPT(model.cfg).eval()
+    clone.load_state_dict(restored)
+    with torch.no_grad():
+        return float((clone(x) - model(x)).square().mean())
+
+
+@pytest.mark.parametrize("calibration", ["train", "self"])
+def test_gptq_pack_loads_back_exactly_and_beats_round_to_nearest(tmp_path, calibration):
+    from lmgolf.tokenizers import train_tokenizer
+    model, cfg = tiny()
+    policy = PackPolicy(min_quant_numel=256, default_storage="int3-row", gptq=True, gptq_calibration=calibration,
+                        gptq_tokens=2048)
+    hessians = packing.calibrate(model, policy, tokens())
+    assert {"blocks.0.attn.q.weight", "blocks.1.mlp.up.weight"} <= set(hessians)
+    packing.pack(model, cfg, train_tokenizer("byte", []), tmp_path / "m.lmg", policy, train_tokens=tokens())
+    loaded, _, _, _ = load_artifact(tmp_path / "m.lmg")
+    expected = weights(model, policy, hessians)
+    for name, w in loaded.state_dict().items():
+        assert torch.equal(w, expected[name]), name
+    rtn = weights(model, PackPolicy(min_quant_numel=256, default_storage="int3-row"))
+    if calibration == "train":
+        assert output_error(model, expected) < output_error(model, rtn)
+
+
+def test_gptq_on_training_data_needs_the_data():
+    model, _ = tiny()
+    with pytest.raises(LmgolfError, match="pack.gptq"):
+        packing.calibrate(model, PackPolicy(gptq=True), None)
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_pruning_zeroes_exactly_the_share_of_the_chosen_weights(scope):
+    model, _ = tiny()
+    policy = PackPolicy(min_quant_numel=256, prune=0.3, prune_scope=scope, prune_targets=("mlp",))
+    restored = weights(model, policy)
+    chosen = [n for n in restored if ".mlp." in n and restored[n].ndim == 2]
+    zeros = [int((restored[n] == 0).sum()) for n in chosen]
+    total = sum(restored[n].numel() for n in chosen)
+    if scope == "tensor":
+        assert zeros == [round(0.3 * restored[n].numel()) for n in chosen]
+    else:
+        assert sum(zeros) == round(0.3 * total)
+    others = [n for n in restored if ".attn." in n and restored[n].ndim == 2]
+    assert all(int((restored[n] == 0).sum()) < 0.05 * restored[n].numel() for n in others)
+
+
+def test_lowrank_correction_is_stored_and_lowers_the_error(tmp_path):
+    from lmgolf.artifact import read_header
+    from lmgolf.tokenizers import train_tokenizer
+    model, cfg = tiny()
+    plain = PackPolicy(min_quant_numel=256, default_storage="int3-row")
+    corrected = PackPolicy(min_quant_numel=256, default_storage="int3-row", lowrank={"mlp": 4})
+    packing.pack(model, cfg, train_tokenizer("byte", []), tmp_path / "m.lmg", corrected)
+    header = read_header(tmp_path / "m.lmg")
+    ranks = {e["name"]: e["meta"].get("lowrank") for e in header["tensors"]}
+    assert ranks["blocks.0.mlp.up.weight"] == 4 and ranks["blocks.0.attn.q.weight"] is None
+    loaded, _, _, _ = load_artifact(tmp_path / "m.lmg")
+    state, before = model.state_dict(), weights(model, plain)
+    for name in ("blocks.0.mlp.up.weight", "blocks.1.mlp.proj.weight"):
+        after = loaded.state_dict()[name]
+        if not state[name].any():
+            continue  # zero-initialized: nothing to correct
+        assert (after - state[name]).norm() < (before[name] - state[name]).norm()
+    assert torch.equal(loaded.state_dict()["blocks.0.attn.q.weight"], before["blocks.0.attn.q.weight"])
+
+
+def test_report_has_compressed_bytes_per_group(tmp_path):
+    from lmgolf.tokenizers import train_tokenizer
+    model, cfg = tiny()
+    report = packing.pack(model, cfg, train_tokenizer("byte", []), tmp_path / "m.lmg",
+                          PackPolicy(min_quant_numel=256, group_storage={"mlp": "int4-row"}))
+    groups = {g["group"]: g for g in report.groups}
+    assert groups["mlp"]["storage"] == "int4-row"
+    assert 0 < groups["mlp"]["compressed_bytes"] <= groups["mlp"]["raw_bytes"] + 64
