@@ -121,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
                       "'group_storage={\"mlp\": \"int5-row\"}'")
     pack.set_defaults(func=cmd_pack)
 
+    fit = sub.add_parser("fit", help="the deepest or widest variant of a preset whose artifact plus code fits a budget")
+    fit.add_argument("--preset", required=True)
+    fit.add_argument("--budget", type=int, default=16_000_000, help="bytes for artifact plus code (decimal)")
+    fit.add_argument("--search", default="depth", choices=["depth", "width"],
+                     help="depth: model.n_layer; width: heads of the preset's head size (d_model follows)")
+    fit.add_argument("--policy", default=None, help="a named packing policy (default: the preset's pack section)")
+    fit.add_argument("--codec", default=None, help="zlib | lzma | zstd | brotli")
+    fit.add_argument("--runner", default="plain", choices=["plain", "compressed"])
+    fit.add_argument("--data", default=None, help="a data folder, to count its tokenizer in the artifact header")
+    fit.add_argument("--no-verify", action="store_true", help="skip the real pack of the winner")
+    fit.add_argument("overrides", nargs="*", help="key=value config overrides (model.*, train.*, pack.*)")
+    fit.set_defaults(func=cmd_fit)
+
     gen = sub.add_parser("generate", help="sample text from a run folder or an artifact")
     gen.add_argument("path")
     gen.add_argument("--prompt", default="")
@@ -276,6 +289,40 @@ def cmd_pack(args) -> None:
         size = write_runner(args.write_runner, args.runner)
         print(f"wrote the {args.runner} runner ({size:,} bytes) -> {args.write_runner}: "
               f"python {args.write_runner} {out} DATA_FOLDER")
+
+
+def cmd_fit(args) -> None:
+    import dataclasses
+    import tempfile
+    from lmgolf.config import load_config, pack_policy
+    from lmgolf.fit import fit, sizing_model
+    cfg = load_config(args.preset, args.overrides)
+    policy = pack_policy(cfg.pack, args.policy, [f"codec={args.codec}"] if args.codec else [])
+    tokenizer = None
+    if args.data:
+        from lmgolf.data import DataFolder
+        tokenizer = DataFolder(args.data).tokenizer()
+    result = fit(cfg, args.budget, args.search, policy, args.runner, tokenizer)
+    key = "model.n_layer" if args.search == "depth" else "KV groups"
+    print(f"{key:>14}{'parameters':>14}{'estimate':>14}{'+ code':>12}  fits")
+    for c in result.tried:
+        print(f"{c.value:>14}{c.params:>14,}{c.estimate:>14,}{c.estimate + result.code_bytes:>12,}  {'yes' if c.fits else 'no'}")
+    if result.best is None:
+        raise LmgolfError(f"fit: not even the smallest {args.search} fits {args.budget:,} bytes with this policy")
+    best = result.best
+    print(f"best: {' '.join(result.overrides())}: {best.params:,} parameters, estimated {best.estimate:,} + code "
+          f"{result.code_bytes:,} = {best.estimate + result.code_bytes:,} bytes of {args.budget:,} ({policy.codec})")
+    if not args.no_verify:
+        from lmgolf.pack import pack
+        from lmgolf.tokenizers import train_tokenizer
+        tok = tokenizer or train_tokenizer("byte", [])
+        full = dataclasses.replace(cfg, model=result.config, pack=policy)
+        with tempfile.TemporaryDirectory() as tmp:
+            report = pack(sizing_model(result.config), full, tok, Path(tmp) / "fit.lmg", policy,
+                          budget=args.budget, allow_over_budget=True, runner=args.runner)
+        error = (best.estimate - report.artifact_bytes) / report.artifact_bytes
+        print(f"verified: packed {report.artifact_bytes:,} bytes, the estimate is off by {error:+.2%}")
+    print(f"train it: lmgolf train --preset {args.preset} {' '.join([*args.overrides, *result.overrides()])} ...")
 
 
 def cmd_generate(args) -> None:

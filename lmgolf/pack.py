@@ -46,12 +46,17 @@ def calibrate(model: GPT, policy: PackPolicy, train_tokens: np.ndarray | None = 
 
 
 def quantize_model(model: GPT, policy: PackPolicy, hessians: dict[str, torch.Tensor] | None = None) -> list[Packed]:
-    from lmgolf.prune import magnitude_masks
     state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
+    return quantize_state(state, policy, {name: policy.storage_for(name, w) for name, w in state.items()}, hessians)
+
+
+def quantize_state(state: dict[str, torch.Tensor], policy: PackPolicy, storages: dict[str, str],
+                   hessians: dict[str, torch.Tensor] | None = None) -> list[Packed]:
+    """float32 tensors -> packed tensors, each in its given storage."""
+    from lmgolf.prune import magnitude_masks
     for name, w in state.items():
         if not torch.isfinite(w).all():
             raise LmgolfError(f"tensor {name}: contains NaN or inf, refusing to pack")
-    storages = {name: policy.storage_for(name, w) for name, w in state.items()}
     masks = {}
     if policy.prune:
         chosen = [n for n in state if (policy.targets(n, policy.prune_targets) if policy.prune_targets

@@ -1,0 +1,159 @@
+"""Budget fitting: the widest or deepest variant of a preset whose packed artifact, plus code, fits.
+
+Size estimate. Quantizing and compressing a 16 MB payload with lzma or brotli takes a while; a
+transformer repeats the same tensors layer after layer. The estimate sorts tensors into classes
+(parameter group, storage, shape), quantizes and compresses a few whole tensors of each class (evenly
+spaced through the depth, about sample_bytes in all, a class with one tensor whole) and scales each
+class by its count; the header is built and compressed exactly. Whole tensors keep long homogeneous
+runs (codecs adapt their entropy coding per block, and byte-shuffled planes are long), which row
+samples do not (tests/test_fit.py checks the 2% promise across storages and codecs).
+
+Which weights. A candidate is sized before it is trained, with the config's own initialization,
+except that matrices initialized to zero (zero_init_proj) are drawn like the others: trained weights
+are not zero, and zeros would compress to nothing. Trained weights usually have heavier tails than
+Gaussian ones, so their codes have lower entropy and the real artifact comes out somewhat smaller: the
+search errs on the side of fitting. GPTQ does not change the storages, so the estimate ignores it.
+
+Search. Parameters grow monotonically with depth (model.n_layer) and with width (model.n_head heads of
+a fixed head size, so d_model = n_head x head_dim, with the query/key-value head ratio kept and an
+explicit mlp_hidden scaled along), so a binary search over that integer finds the largest that fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lmgolf.artifact import CODECS, Packed, encode_payload, layout, tokenizer_header
+from lmgolf.pack import code_bytes, quantize_state
+from lmgolf.config import Config, ModelConfig, PackPolicy
+from lmgolf.count import count_config, parameter_group
+from lmgolf.errors import LmgolfError
+from lmgolf.model import GPT
+
+SEARCHES = ("depth", "width")
+PREAMBLE_BYTES = 41
+
+
+def estimate_packed_bytes(model: GPT, policy: PackPolicy, header: dict | None = None,
+                          sample_bytes: int = 4 << 20) -> int:
+    """Estimated artifact bytes: exact header, blob section from whole-tensor samples of each class."""
+    state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
+    storages = {name: policy.storage_for(name, w) for name, w in state.items()}
+    classes: dict[tuple, list[str]] = {}
+    for name, w in state.items():
+        classes.setdefault((parameter_group(name), storages[name], tuple(w.shape)), []).append(name)
+    packed: dict[str, Packed] = {}
+
+    def quantize(names: list[str]) -> None:
+        todo = [n for n in names if n not in packed]
+        for p in quantize_state({n: state[n] for n in todo}, policy, storages):
+            packed[p.name] = p
+
+    quantize([names[0] for names in classes.values()])
+    raw = {key: len(layout([packed[names[0]]])[1]) * len(names) for key, names in classes.items()}
+    share = min(1.0, sample_bytes / max(sum(raw.values()), 1))
+    codec = CODECS[policy.codec]
+    blob_estimate = 0.0
+    for key, names in classes.items():
+        take = max(1, math.ceil(len(names) * share))
+        picks = [names[round(i * (len(names) - 1) / max(take - 1, 1))] for i in range(take)]
+        quantize(picks)
+        sample = layout([packed[n] for n in picks], policy.byte_shuffle)[1]
+        blob_estimate += len(codec.compress(sample)) * len(names) / take
+    stand_ins = {n: packed.get(n) or dataclasses.replace(packed[names[0]], name=n)
+                 for names in classes.values() for n in names}
+    entries = layout([stand_ins[n] for n in state], policy.byte_shuffle)[0]
+    head = encode_payload({**(header or {}), "tensors": entries}, b"")
+    return PREAMBLE_BYTES + len(codec.compress(head)) + round(blob_estimate)
+
+
+def sizing_model(cfg: ModelConfig, seed: int = 0) -> GPT:
+    """The candidate with its initial weights, zero-initialized matrices drawn like the others."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2 and not p.any():
+                p.normal_(0.0, cfg.init_std)
+    return model
+
+
+def variant(cfg: ModelConfig, search: str, value: int) -> ModelConfig:
+    """The preset's model with n_layer (depth) or n_head at a fixed head size (width) set to value."""
+    if search == "depth":
+        if cfg.depth_pattern:
+            raise LmgolfError("fit --search depth: the preset sets model.depth_pattern; search width instead")
+        return dataclasses.replace(cfg, n_layer=value)
+    ratio = cfg.n_head // (cfg.n_kv_head or cfg.n_head)
+    n_head = value * ratio  # value counts key-value groups, so the head ratio stays whole
+    d_model = n_head * cfg.head_size
+    hidden = None if cfg.mlp_hidden is None else max(8, round(cfg.mlp_hidden * d_model / cfg.d_model / 8) * 8)
+    return dataclasses.replace(cfg, n_head=n_head, n_kv_head=None if cfg.n_kv_head is None else value,
+                               head_dim=cfg.head_dim, d_model=d_model, mlp_hidden=hidden)
+
+
+@dataclass
+class Candidate:
+    value: int
+    params: int
+    estimate: int
+    fits: bool
+
+
+@dataclass
+class FitResult:
+    search: str
+    best: Candidate | None
+    tried: list[Candidate]
+    config: ModelConfig | None
+    code_bytes: int
+    budget: int
+
+    def overrides(self) -> list[str]:
+        if self.config is None:
+            return []
+        if self.search == "depth":
+            return [f"model.n_layer={self.config.n_layer}"]
+        out = [f"model.n_head={self.config.n_head}", f"model.d_model={self.config.d_model}"]
+        if self.config.n_kv_head is not None:
+            out.append(f"model.n_kv_head={self.config.n_kv_head}")
+        if self.config.mlp_hidden is not None:
+            out.append(f"model.mlp_hidden={self.config.mlp_hidden}")
+        return out
+
+
+def fit(cfg: Config, budget: int, search: str = "depth", policy: PackPolicy | None = None,
+        runner: str = "plain", tokenizer=None, limit: int = 256, seed: int = 0) -> FitResult:
+    """The largest depth or width whose estimated artifact plus code bytes stays within budget
+    (the tokenizer, when given, is counted in the header as the artifact will store it)."""
+    if search not in SEARCHES:
+        raise LmgolfError(f"fit: --search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    policy = policy or cfg.pack
+    policy.validate()
+    code = code_bytes(runner)
+    tried: dict[int, Candidate] = {}
+
+    def size(value: int) -> Candidate:
+        if value not in tried:
+            mcfg = variant(cfg.model, search, value)
+            mcfg.validate()
+            header = {"config": dataclasses.replace(cfg, model=mcfg).to_dict(),
+                      "tokenizer": tokenizer_header(tokenizer) if tokenizer is not None else None}
+            estimate = estimate_packed_bytes(sizing_model(mcfg, seed), policy, header)
+            tried[value] = Candidate(value, count_config(mcfg).params, estimate, estimate + code <= budget)
+        return tried[value]
+
+    lo, hi = 0, 1  # lo: largest known to fit (0: none); hi: grows until it does not fit
+    while hi <= limit and size(hi).fits:
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid).fits else (lo, mid)
+    best = tried.get(lo) if lo else None
+    return FitResult(search, best, sorted(tried.values(), key=lambda c: c.value),
+                     variant(cfg.model, search, lo) if lo else None, code, budget)

@@ -1,0 +1,81 @@
+"""Budget fitting: the size estimate lands within 2% of the real packed size, and the search finds the largest fit."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from lmgolf.config import Config, ModelConfig, PackPolicy, load_config
+from lmgolf.fit import estimate_packed_bytes, fit, sizing_model, variant
+from lmgolf.pack import code_bytes, pack
+from lmgolf.tokenizers import train_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def medium():
+    cfg = Config(model=ModelConfig(vocab_size=512, n_layer=3, d_model=192, n_head=3, context=64, zero_init_proj=True))
+    return sizing_model(cfg.model), cfg
+
+
+@pytest.mark.parametrize("policy", [
+    PackPolicy(),
+    PackPolicy(codec="lzma", default_storage="int6-row", group_storage={"embedding": "int8-row"}),
+    PackPolicy(codec="zstd", default_storage="int5-row", byte_shuffle=True, clip="std"),
+    PackPolicy(codec="zlib", default_storage="ternary", min_quant_numel=4096),
+    PackPolicy(codec="lzma", default_storage="int4-row", bit_pack=False, prune=0.2),
+], ids=["int8-zlib", "int6-lzma", "int5-zstd-shuffle", "ternary", "int4-pruned"])
+def test_estimate_is_within_two_percent(medium, policy, tmp_path):
+    model, cfg = medium
+    cfg = dataclasses.replace(cfg, pack=policy)
+    tokenizer = train_tokenizer("byte", [])
+    from lmgolf.artifact import tokenizer_header
+    header = {"config": cfg.to_dict(), "tokenizer": tokenizer_header(tokenizer)}
+    estimate = estimate_packed_bytes(model, policy, header, sample_bytes=256 * 1024)  # forces sampling
+    real = pack(model, cfg, tokenizer, tmp_path / "m.lmg", policy, allow_over_budget=True).artifact_bytes
+    assert abs(estimate - real) / real < 0.02, (estimate, real)
+
+
+def test_sizing_model_draws_zero_initialized_matrices(medium):
+    model, _ = medium
+    assert all(p.any() for p in model.parameters() if p.ndim >= 2)
+
+
+def test_depth_search_finds_the_largest_that_fits():
+    cfg = Config(model=ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=2, context=32))
+    code = code_bytes()
+    sizes = {n: estimate_packed_bytes(sizing_model(variant(cfg.model, "depth", n)), cfg.pack, {"config": cfg.to_dict()})
+             for n in range(1, 8)}
+    budget = code + (sizes[5] + sizes[6]) // 2
+    result = fit(cfg, budget, "depth")
+    assert result.config.n_layer == 5 and result.best.fits
+    assert all(c.fits == (c.estimate + code <= budget) for c in result.tried)
+    assert fit(cfg, code + 100, "depth").best is None
+
+
+def test_width_variant_keeps_head_size_and_ratio():
+    cfg = load_config("pg-baseline").model  # 8 heads of 64, 4 key-value heads, mlp_hidden set
+    wide = variant(cfg, "width", 6)
+    assert (wide.n_head, wide.n_kv_head, wide.head_size, wide.d_model) == (12, 6, 64, 768)
+    if cfg.mlp_hidden:
+        assert wide.mlp_hidden == round(cfg.mlp_hidden * 1.5 / 8) * 8
+    wide.validate()
+
+
+def test_fit_cli(capsys):
+    from lmgolf.cli import main
+    assert main(["fit", "--preset", "cpu-demo", "--budget", "1500000", "--no-verify", "model.n_layer=1"]) == 0
+    out = capsys.readouterr().out
+    assert "best: model.n_layer=" in out and "train it: lmgolf train --preset cpu-demo" in out
+    assert main(["fit", "--preset", "cpu-demo", "--budget", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmgolf: error: fit: not even") and err.count("\n") == 1
+    assert main(["fit", "--preset", "cpu-demo", "model.depth_pattern=0,1,0,1", "model.n_layer=2"]) == 2
+    assert "depth_pattern" in capsys.readouterr().err
