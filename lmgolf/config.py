@@ -225,7 +225,7 @@ class TrainConfig:
     log_every: int = 10
     qat: bool = False                   # fake-quantize weights with the pack policy's quantizer (lmgolf.qat)
     qat_start: float = 0.0              # ... from this fraction of the budget on
-    qat_lr_scale: float = 0.0           # ... or once the LR multiplier has fallen to this (0: unused), if sooner
+    qat_lr_scale: float = 0.0           # ... or once the warmdown has brought the LR multiplier to this (0: unused)
 
     def validate(self) -> None:
         choices = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "bf16", "fp32"),

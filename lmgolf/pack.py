@@ -71,8 +71,10 @@ def quantize_state(state: dict[str, torch.Tensor], policy: PackPolicy, storages:
     return packed
 
 
-def _quantize_tensor(name: str, w: torch.Tensor, storage: str, policy: PackPolicy, keep: torch.Tensor | None,
-                     hessian: torch.Tensor | None) -> Packed:
+def export_rows(name: str, w: torch.Tensor, storage: str, policy: PackPolicy, keep: torch.Tensor | None = None,
+                hessian: torch.Tensor | None = None):
+    """A tensor's export before encoding (steps 1-4 of the module docstring): (grid, snapped rows view,
+    low-rank factors (A, B) or None). QAT uses it too, so training sees exactly what packing stores."""
     rows = as_rows(w)
     pruned = rows if keep is None else torch.where(keep, rows, torch.zeros_like(rows))
     grid = STORAGES[storage].grid(pruned.reshape(w.shape), policy)
@@ -82,13 +84,21 @@ def _quantize_tensor(name: str, w: torch.Tensor, storage: str, policy: PackPolic
         snapped = gptq_quantize(rows, hessian, grid, policy.gptq_block, policy.gptq_damp, keep=keep)
     else:
         snapped = grid.snap(pruned, slice(None))
-    blobs, meta = grid.encode(snapped)
     rank = next((r for key, r in policy.lowrank.items() if policy.targets(name, [key])), 0)
+    lowrank = None
     if rank and quantizer and w.ndim == 2:
         from lmgolf.prune import lowrank_correction
-        a, b = lowrank_correction(rows - snapped, rank)
-        blobs = {**blobs, "lowrank_a": a, "lowrank_b": b}
-        meta = {**meta, "lowrank": a.shape[1]}
+        lowrank = lowrank_correction(rows - snapped, rank)
+    return grid, snapped, lowrank
+
+
+def _quantize_tensor(name: str, w: torch.Tensor, storage: str, policy: PackPolicy, keep: torch.Tensor | None,
+                     hessian: torch.Tensor | None) -> Packed:
+    grid, snapped, lowrank = export_rows(name, w, storage, policy, keep, hessian)
+    blobs, meta = grid.encode(snapped)
+    if lowrank is not None:
+        blobs = {**blobs, "lowrank_a": lowrank[0], "lowrank_b": lowrank[1]}
+        meta = {**meta, "lowrank": lowrank[0].shape[1]}
     return Packed(name, list(w.shape), storage, meta, blobs)
 
 

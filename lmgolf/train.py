@@ -1,7 +1,8 @@
 """Training: a budget of wall-clock seconds or steps, gradient accumulation, Muon or AdamW, DDP under torchrun.
 
 Elapsed training time counts only the training steps (not compilation, evaluation or checkpoints);
-it is saved in checkpoints, and rank 0 decides when the budget is spent.
+it is saved in checkpoints, and rank 0's progress decides, on every rank, the learning rate, when QAT
+switches on (train.qat: lmgolf.qat, from qat_start or qat_lr_scale) and when the budget is spent.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lmgolf.loader import WindowSampler
 from lmgolf.model import GPT
 from lmgolf.optim import build_optimizers, lr_multiplier, set_lr
 from lmgolf.progress import MetricsLog, progress_bar
+from lmgolf.qat import QAT, qat_due
 from lmgolf.runfiles import atomic_write_text
 from lmgolf.runinfo import run_record
 
@@ -91,15 +93,18 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
     optimizers = build_optimizers(model, cfg.train, ns_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
-    step, elapsed = 0, 0.0
+    step, elapsed, qat_step = 0, 0.0, None  # qat_step: optimizer steps taken before QAT switched on
     if resume:
         state = restore_training(out_dir, model, optimizers)
         step, elapsed = state["step"], state["elapsed"]
+        qat_step = state.get("extra", {}).get("qat_step")
     elif ddp.is_main:
         _write_run_folder(out_dir, cfg, data, ddp, device, dtype)
     log = MetricsLog(out_dir / "metrics.jsonl" if ddp.is_main else None)
 
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else model
+    qat = QAT(model, cfg.pack, reuse=True) if cfg.train.qat else None  # `model` keeps the weights and their names
+    net = qat if qat is not None else model
+    net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else net
     if want_compile(cfg.train.compile, device):
         net = torch.compile(net)
     sampler = WindowSampler(data.train_tokens(), cfg.model.context, cfg.train.seed, ddp.rank, ddp.world_size)
@@ -109,9 +114,13 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             logits = net(x)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)) + model.extra_loss(y)
 
-    if want_compile(cfg.train.compile, device):  # compile outside the clock: one forward and backward
+    if want_compile(cfg.train.compile, device):  # compile outside the clock: one forward and backward per QAT state
         x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps)
-        loss_of(x.to(device), y.to(device)).backward()
+        qat_now = qat_due(_agreed_progress(budget_progress(cfg, step, elapsed), ddp, device), cfg.train)
+        for on in ([qat_now, True] if qat is not None and not qat_now else [qat_now]):
+            if qat is not None:
+                qat.enabled = on
+            loss_of(x.to(device), y.to(device)).backward()
         model.zero_grad(set_to_none=True)
 
     flops_per_token = count_module(model).train_flops_per_token
@@ -122,11 +131,18 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
               f"x {ddp.world_size} x {cfg.model.context}", flush=True)
     bar = progress_bar(total=100, desc="train", unit="%", disable=not (progress and ddp.is_main))
     while True:
-        fraction = budget_progress(cfg, step, elapsed)
-        if _agree_to_stop(fraction >= 1, ddp, device):
+        fraction = _agreed_progress(budget_progress(cfg, step, elapsed), ddp, device)
+        if fraction >= 1:
             break
         set_lr(optimizers, lr_multiplier(fraction, cfg.train))
         model.recurrence_on = fraction >= cfg.model.recur_start
+        if qat is not None:  # a guarded attribute, so compiled graphs follow it (lmgolf.qat)
+            qat.enabled = qat_due(fraction, cfg.train)
+            if qat.enabled and qat_step is None:
+                qat_step = step
+                if ddp.is_main:
+                    log.write(step=step, qat_on=True, elapsed=elapsed)
+                    print(f"step {step}: QAT on, at {fraction:.0%} of the budget", flush=True)
         started = _now(device)
         loss_sum = torch.zeros((), device=device)
         for micro in range(plan.accum_steps):
@@ -141,6 +157,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         for opt in optimizers:
             opt.step()
+        if qat is not None:  # new weights: snap again at the next forward
+            qat.invalidate()
         model.zero_grad(set_to_none=True)
         if ddp.world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -166,14 +184,16 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
             _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-            _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
+            _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step)
         if on_step is not None:
             on_step(step)
     bar.close()
-    _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp)
+    _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step)
     final = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress)
     summary = {"steps": step, "tokens": step * tokens_per_step, "elapsed": elapsed,
                "val_loss": final.loss, "val_bpb": final.bpb}
+    if cfg.train.qat:  # steps taken before QAT switched on (null: it never did)
+        summary["qat_step"] = qat_step
     if ddp.is_main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -201,21 +221,23 @@ def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, lo
     return result
 
 
-def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist) -> None:
+def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist, qat_step: int | None = None) -> None:
     if ddp.is_main:  # the sampler is a pure function of (seed, step): the step is the data position
         position = {"sampler": "WindowSampler", "seed": cfg.train.seed, "next_step": step}
-        save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed, extra={"data_position": position})
+        save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed,
+                        extra={"data_position": position, "qat_step": qat_step})
     if ddp.world_size > 1:
         dist.barrier()
 
 
-def _agree_to_stop(stop: bool, ddp: Dist, device) -> bool:
-    """Rank 0's clock decides, so every process stops after the same step."""
+def _agreed_progress(fraction: float, ddp: Dist, device) -> float:
+    """Rank 0's budget fraction (its clock decides), so that every process sets the same learning rate,
+    switches QAT on and stops after the same step."""
     if ddp.world_size == 1:
-        return stop
-    flag = torch.tensor([1 if stop else 0], device=device)
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+        return fraction
+    value = torch.tensor([fraction], dtype=torch.float64, device=device)
+    dist.broadcast(value, src=0)
+    return float(value.item())
 
 
 def _now(device) -> float:
