@@ -114,13 +114,16 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             logits = net(x)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)) + model.extra_loss(y)
 
-    if want_compile(cfg.train.compile, device):  # compile outside the clock: one forward and backward per QAT state
+    if want_compile(cfg.train.compile, device):  # compile outside the clock: a forward and backward per state
         x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps)
-        qat_now = qat_due(_agreed_progress(budget_progress(cfg, step, elapsed), ddp, device), cfg.train)
-        for on in ([qat_now, True] if qat is not None and not qat_now else [qat_now]):
-            if qat is not None:
-                qat.enabled = on
-            loss_of(x.to(device), y.to(device)).backward()
+        now = _agreed_progress(budget_progress(cfg, step, elapsed), ddp, device)
+        qat_now, recur_now = qat_due(now, cfg.train), now >= cfg.model.recur_start
+        for recur in ([recur_now] if recur_now else [False, True]):  # depth recurrence switches on later
+            for on in ([qat_now, True] if qat is not None and not qat_now else [qat_now]):
+                model.recurrence_on = recur
+                if qat is not None:
+                    qat.enabled = on
+                loss_of(x.to(device), y.to(device)).backward()
         model.zero_grad(set_to_none=True)
 
     flops_per_token = count_module(model).train_flops_per_token

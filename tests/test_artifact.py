@@ -123,15 +123,21 @@ def test_int8_rows_are_within_half_a_step_where_unclipped():
 
 
 def test_every_codec_stores_the_same_payload(tmp_path, tokenizer):
+    """Codecs are lossless: one payload, different sizes, the same score to the last bit."""
+    from lmgolf.evaluate import evaluate
     model, cfg = tiny(tokenizer.vocab_size)
-    sizes, payloads = {}, {}
+    tokens = torch.randint(0, tokenizer.vocab_size, (200,)).numpy()
+    nbytes = torch.ones(200, dtype=torch.int64).numpy()
+    sizes, payloads, scores = {}, {}, {}
     for codec in artifact.CODECS:
         path = tmp_path / f"{codec}.lmg"
-        report = pack(model, cfg, tokenizer, path, PackPolicy(codec=codec, min_quant_numel=1024))
+        report = pack(model, cfg, tokenizer, path, PackPolicy(codec=codec, min_quant_numel=1024, default_storage="int5-row"))
         sizes[codec] = report.artifact_bytes == path.stat().st_size and report.artifact_bytes
         payloads[codec] = artifact.read_payload(path)[0]
-        assert load_artifact(path)[3]["codec"] == codec
-    assert len(set(payloads.values())) == 1
+        loaded, _, _, info = load_artifact(path)
+        assert info["codec"] == codec
+        scores[codec] = evaluate(loaded, tokens, nbytes, cfg.model.context, progress=False).bpb
+    assert len(set(payloads.values())) == 1 and len(set(scores.values())) == 1
     assert len(set(sizes.values())) == len(sizes)
 
 
