@@ -73,20 +73,23 @@ def main() -> None:
         print(f"| {name} | {storages} | {report.artifact_bytes:,} | {report.seconds:.1f} | {result.bpb:.4f} | "
               f"{result.bpb - float_eval.bpb:+.4f} |")
 
-    print(f"\n| codec ({MODE_POLICY}) | byte shuffle | bytes | pack s | weights identical |\n|---|---|---:|---:|---|")
+    print(f"\n| codec ({MODE_POLICY}) | int6 codes | byte shuffle | bytes | pack s | weights identical |\n"
+          "|---|---|---|---:|---:|---|")
     reference = None
     for codec in CODECS:
-        for shuffle in (False, True):
-            policy = pack_policy(cfg.pack, MODE_POLICY, [f"codec={codec}", f"byte_shuffle={str(shuffle).lower()}"])
-            path = tmp / f"codec-{codec}-{shuffle}.lmg"
-            report = pack(model, cfg, tokenizer, path, policy, allow_over_budget=True)
-            state = load_artifact(path)[0].state_dict()
-            reference = reference or state
-            same = all(torch.equal(state[k], reference[k]) for k in reference)
-            results["codecs"].append({"codec": codec, "byte_shuffle": shuffle, "bytes": report.artifact_bytes,
-                                      "pack_seconds": report.seconds, "identical": same})
-            print(f"| {codec} | {'yes' if shuffle else 'no'} | {report.artifact_bytes:,} | {report.seconds:.1f} | "
-                  f"{'yes' if same else 'NO'} |")
+        for bit_pack in (True, False):
+            for shuffle in (False, True):
+                policy = pack_policy(cfg.pack, MODE_POLICY, [f"codec={codec}", f"byte_shuffle={str(shuffle).lower()}",
+                                                             f"bit_pack={str(bit_pack).lower()}"])
+                path = tmp / f"codec-{codec}-{bit_pack}-{shuffle}.lmg"
+                report = pack(model, cfg, tokenizer, path, policy, allow_over_budget=True)
+                state = load_artifact(path)[0].state_dict()
+                reference = reference or state
+                same = all(torch.equal(state[k], reference[k]) for k in reference)
+                results["codecs"].append({"codec": codec, "bit_pack": bit_pack, "byte_shuffle": shuffle,
+                                          "bytes": report.artifact_bytes, "pack_seconds": report.seconds, "identical": same})
+                print(f"| {codec} | {'bit-packed' if bit_pack else 'a byte each'} | {'yes' if shuffle else 'no'} | "
+                      f"{report.artifact_bytes:,} | {report.seconds:.1f} | {'yes' if same else 'NO'} |")
 
     artifact = tmp / f"{MODE_POLICY}.lmg"
     scored, _, _, info = load_artifact(artifact)

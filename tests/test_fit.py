@@ -3,7 +3,6 @@
 import dataclasses
 
 import pytest
-import torch
 
 from lmgolf.config import Config, ModelConfig, PackPolicy, load_config
 from lmgolf.fit import estimate_packed_bytes, fit, sizing_model, variant
@@ -11,12 +10,7 @@ from lmgolf.pack import code_bytes, pack
 from lmgolf.tokenizers import train_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 
 
 @pytest.fixture(scope="module")

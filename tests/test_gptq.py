@@ -14,13 +14,7 @@ INT_WIDTHS = [f"int{b}-row" for b in range(8, 2, -1)]
 GRIDS = INT_WIDTHS + ["ternary", "fp8-row"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: on a busy machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,7 @@ MODES = {
 TRAIN = np.random.default_rng(99).integers(0, VOCAB, size=400)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread than on two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 
 
 def ttt(model, tokens, nbytes, cfg, stride=None):

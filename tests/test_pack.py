@@ -11,12 +11,7 @@ from lmgolf.errors import LmgolfError
 from lmgolf.model import GPT
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 
 
 def tiny(**overrides):

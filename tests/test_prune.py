@@ -9,13 +9,7 @@ SHAPES = [(1, 1), (3, 7), (17, 129), (5,), (64, 65), (2, 3, 5)]
 SPARSITIES = [0.0, 0.1, 0.37, 0.5, 0.999]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: on a busy machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 
 
 def weights(seed: int = 0, ties: bool = False) -> dict[str, torch.Tensor]:
