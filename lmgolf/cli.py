@@ -282,8 +282,15 @@ def cmd_pack(args) -> None:
     overrides = list(args.overrides) + ([f"codec={args.codec}"] if args.codec else [])
     policy = pack_policy(cfg.pack, args.policy, overrides)
     out = args.out or str(Path(args.run) / "model.lmg")
+    train_tokens = None
+    if policy.gptq and policy.gptq_calibration == "train":
+        from lmgolf.data import DataFolder
+        folder = DataFolder(data or _recorded_data(args.run, Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent))
+        if folder.fingerprint != tokenizer.fingerprint:
+            raise LmgolfError(f"{folder.path}: tokenized with a different tokenizer than {args.run}")
+        train_tokens = folder.train_tokens()
     report = pack(model, cfg, tokenizer, out, policy, budget=args.budget, allow_over_budget=args.allow_over_budget,
-                  runner=args.runner)
+                  runner=args.runner, train_tokens=train_tokens)
     print(report.format())
     if args.write_runner:
         size = write_runner(args.write_runner, args.runner)
@@ -359,14 +366,19 @@ def _load_any(path: str, data: str | None, need_data: bool = True, device: str =
     else:
         raise LmgolfError(f"{path}: no such run folder or artifact")
     if data is None and need_data:
-        record = run_dir / "run.json"
-        if not record.is_file():
-            raise LmgolfError(f"{path}: pass --data, the data folder to score on (no run.json beside it)")
-        try:
-            data = json.loads(record.read_text())["data"]["path"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise LmgolfError(f"{record}: corrupt run record, field 'data.path' missing") from None
+        data = _recorded_data(path, run_dir)
     return model, cfg, tokenizer, data
+
+
+def _recorded_data(path: str, run_dir: Path) -> str:
+    """The data folder a run was trained on, from its run.json."""
+    record = run_dir / "run.json"
+    if not record.is_file():
+        raise LmgolfError(f"{path}: pass --data, the data folder to use (no run.json beside it)")
+    try:
+        return json.loads(record.read_text())["data"]["path"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise LmgolfError(f"{record}: corrupt run record, field 'data.path' missing") from None
 
 
 if __name__ == "__main__":

@@ -159,3 +159,13 @@ def test_pack_bad_policy(capsys, tmp_path, pipeline, argv, fragment):
     code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", *argv)
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "m.lmg").exists()
+
+
+def test_pack_with_gptq_calibrates_on_the_runs_training_data(capsys, tmp_path, pipeline):
+    code, out, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "g.lmg", "--policy", "gptq-int4",
+                         "min_quant_numel=256", "gptq_tokens=256")
+    assert code == 0, err
+    assert "int4-row" in out and (tmp_path / "g.lmg").is_file()
+    code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "h.lmg", "--policy", "gptq-int4",
+                       "--data", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "nowhere")
