@@ -299,10 +299,8 @@ def cmd_pack(args) -> None:
 
 
 def cmd_fit(args) -> None:
-    import dataclasses
-    import tempfile
     from lmgolf.config import load_config, pack_policy
-    from lmgolf.fit import fit, sizing_model
+    from lmgolf.fit import fit
     cfg = load_config(args.preset, args.overrides)
     policy = pack_policy(cfg.pack, args.policy, [f"codec={args.codec}"] if args.codec else [])
     tokenizer = None
@@ -320,15 +318,17 @@ def cmd_fit(args) -> None:
     print(f"best: {' '.join(result.overrides())}: {best.params:,} parameters, estimated {best.estimate:,} + code "
           f"{result.code_bytes:,} = {best.estimate + result.code_bytes:,} bytes of {args.budget:,} ({policy.codec})")
     if not args.no_verify:
-        from lmgolf.pack import pack
+        from lmgolf.fit import verify
         from lmgolf.tokenizers import train_tokenizer
-        tok = tokenizer or train_tokenizer("byte", [])
-        full = dataclasses.replace(cfg, model=result.config, pack=policy)
-        with tempfile.TemporaryDirectory() as tmp:
-            report = pack(sizing_model(result.config), full, tok, Path(tmp) / "fit.lmg", policy,
-                          budget=args.budget, allow_over_budget=True, runner=args.runner)
-        error = (best.estimate - report.artifact_bytes) / report.artifact_bytes
-        print(f"verified: packed {report.artifact_bytes:,} bytes, the estimate is off by {error:+.2%}")
+        estimate = best.estimate
+        result = verify(result, cfg, policy, tokenizer or train_tokenizer("byte", []), args.runner)
+        if result.best is None:
+            raise LmgolfError(f"fit: packed for real, not even the smallest {args.search} fits {args.budget:,} bytes")
+        if result.best.value != best.value:
+            print(f"verified: the estimate was {estimate:,} bytes, too low; stepped down to {' '.join(result.overrides())}")
+        error = (result.best.estimate - result.packed_bytes) / result.packed_bytes
+        print(f"verified: packed {result.packed_bytes:,} + code {result.code_bytes:,} = "
+              f"{result.packed_bytes + result.code_bytes:,} bytes; the estimate was off by {error:+.2%}")
     print(f"train it: lmgolf train --preset {args.preset} {' '.join([*args.overrides, *result.overrides()])} ...")
 
 

@@ -256,7 +256,8 @@ class PackPolicy:
     tensors get fp16 unless a rule gives them a float storage (fp16, bf16, fp32).
     clip: "percentile" (clip_quantile of |w|), "std" (clip_k x row std) or "search" (lowest error).
     min_scale: floor on integer row scales (0: none; the Parameter Golf baseline script uses 1/127).
-    bit_pack: b-bit codes (b < 8) packed back to back rather than one byte each.
+    bit_pack: b-bit codes (b < 8) packed back to back ("on") or one byte each ("off"); "auto" packs
+      4 bits and fewer, where packing compresses better with lzma, zstd and brotli (docs/artifact.md).
     byte_shuffle: blobs of multi-byte values (and packed codes) byte-transposed before compression.
     gptq: quantize each matrix column by column with GPTQ error feedback (lmgolf.gptq), from Hessians of
       gptq_tokens calibration tokens of gptq_calibration ("train": training data, "self": text the
@@ -275,7 +276,7 @@ class PackPolicy:
     group_storage: dict[str, str] = field(default_factory=dict)
     clip: str = "percentile"
     clip_k: float = 4.0
-    bit_pack: bool = True
+    bit_pack: str | bool = "auto"
     ternary_group: int = 64
     byte_shuffle: bool = False
     gptq: bool = False
@@ -306,6 +307,8 @@ class PackPolicy:
             raise LmgolfError(f"config field pack.clip: {self.clip!r} is not one of {', '.join(CLIP_RULES)}")
         if not self.clip_k > 0:
             raise LmgolfError("config field pack.clip_k: must be > 0")
+        if self.bit_pack not in ("auto", "on", "off", True, False):
+            raise LmgolfError(f"config field pack.bit_pack: {self.bit_pack!r} is not one of auto, on, off")
         if self.ternary_group < 1:
             raise LmgolfError("config field pack.ternary_group: must be >= 1")
         if self.gptq_calibration not in ("train", "self"):
@@ -325,6 +328,11 @@ class PackPolicy:
         for key, storage in self.group_storage.items():
             _check_storage(f"group_storage[{key!r}]", storage)
             _check_target("group_storage", key, GROUPS)
+
+    def packs_bits(self, bits: int) -> bool:
+        if self.bit_pack in ("on", True) or self.bit_pack in ("off", False):
+            return self.bit_pack in ("on", True)
+        return bits <= 4
 
     def storage_for(self, name: str, tensor) -> str:
         from lmgolf.quantize import STORAGES

@@ -14,6 +14,9 @@ are not zero, and zeros would compress to nothing. Trained weights usually have 
 Gaussian ones, so their codes have lower entropy and the real artifact comes out somewhat smaller: the
 search errs on the side of fitting. GPTQ does not change the storages, so the estimate ignores it.
 
+Verification. `verify` packs the winner for real and, should it not fit after all, steps down one
+at a time, so the answer always fits whatever the estimate's error.
+
 Search. Parameters grow monotonically with depth (model.n_layer) and with width (model.n_head heads of
 a fixed head size, so d_model = n_head x head_dim, with the query/key-value head ratio kept and an
 explicit mlp_hidden scaled along), so a binary search over that integer finds the largest that fits.
@@ -30,7 +33,7 @@ import torch
 from lmgolf.artifact import CODECS, Packed, encode_payload, layout, tokenizer_header
 from lmgolf.pack import code_bytes, quantize_state
 from lmgolf.config import Config, ModelConfig, PackPolicy
-from lmgolf.count import count_config, parameter_group
+from lmgolf.count import count_config
 from lmgolf.errors import LmgolfError
 from lmgolf.model import GPT
 
@@ -39,36 +42,49 @@ PREAMBLE_BYTES = 41
 
 
 def estimate_packed_bytes(model: GPT, policy: PackPolicy, header: dict | None = None,
-                          sample_bytes: int = 4 << 20) -> int:
-    """Estimated artifact bytes: exact header, blob section from whole-tensor samples of each class."""
+                          sample_bytes: int = 8 << 20) -> int:
+    """Estimated artifact bytes: exact header, blob section from whole sampled blocks."""
     state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
     storages = {name: policy.storage_for(name, w) for name, w in state.items()}
-    classes: dict[tuple, list[str]] = {}
-    for name, w in state.items():
-        classes.setdefault((parameter_group(name), storages[name], tuple(w.shape)), []).append(name)
+    units: dict[str, list[str]] = {}  # "blocks.i" -> its tensors; "" -> every tensor outside the blocks
+    for name in state:
+        units.setdefault(".".join(name.split(".")[:2]) if name.startswith("blocks.") else "", []).append(name)
+    kinds: dict[tuple, list[str]] = {}  # blocks alike (same tensors, shapes and storages) -> their units
+    for unit, names in units.items():
+        if unit:
+            kinds.setdefault(tuple((_in_block(n), tuple(state[n].shape), storages[n]) for n in names), []).append(unit)
     packed: dict[str, Packed] = {}
 
-    def quantize(names: list[str]) -> None:
+    def blobs_of(names: list[str]) -> bytes:
         todo = [n for n in names if n not in packed]
-        for p in quantize_state({n: state[n] for n in todo}, policy, storages):
-            packed[p.name] = p
+        packed.update((p.name, p) for p in quantize_state({n: state[n] for n in todo}, policy, storages))
+        return layout([packed[n] for n in names], policy.byte_shuffle)[1]
 
-    quantize([names[0] for names in classes.values()])
-    raw = {key: len(layout([packed[names[0]]])[1]) * len(names) for key, names in classes.items()}
-    share = min(1.0, sample_bytes / max(sum(raw.values()), 1))
     codec = CODECS[policy.codec]
-    blob_estimate = 0.0
-    for key, names in classes.items():
-        take = max(1, math.ceil(len(names) * share))
-        picks = [names[round(i * (len(names) - 1) / max(take - 1, 1))] for i in range(take)]
-        quantize(picks)
-        sample = layout([packed[n] for n in picks], policy.byte_shuffle)[1]
-        blob_estimate += len(codec.compress(sample)) * len(names) / take
-    stand_ins = {n: packed.get(n) or dataclasses.replace(packed[names[0]], name=n)
-                 for names in classes.values() for n in names}
-    entries = layout([stand_ins[n] for n in state], policy.byte_shuffle)[0]
-    head = encode_payload({**(header or {}), "tensors": entries}, b"")
-    return PREAMBLE_BYTES + len(codec.compress(head)) + round(blob_estimate)
+    first = {kind: len(blobs_of(units[members[0]])) for kind, members in kinds.items()}
+    share = min(1.0, sample_bytes / max(sum(first[k] * len(m) for k, m in kinds.items()), 1))
+    sample, blobs_total = blobs_of(units.get("", [])), 0
+    for kind, members in kinds.items():  # the rest, then evenly spaced whole blocks of each kind, in order
+        take = max(1, math.ceil(len(members) * share))
+        picks = [members[round(i * (len(members) - 1) / max(take - 1, 1))] for i in range(take)]
+        sample += blobs_of([n for unit in picks for n in units[unit]])
+        blobs_total += first[kind] * len(members)
+    blobs_total += len(blobs_of(units.get("", [])))
+    twin = {}  # a tensor of an unsampled block -> the same tensor of its kind's first block
+    for members in kinds.values():
+        for unit in members:
+            for n, m in zip(units[unit], units[members[0]]):
+                twin[n] = m
+    stand_ins = [packed.get(n) or dataclasses.replace(packed[twin[n]], name=n) for n in state]
+    head = encode_payload({**(header or {}), "tensors": layout(stand_ins, policy.byte_shuffle)[0]}, b"")
+    # the header goes in front of the sample, as in the artifact: a codec's choices depend on all it has seen
+    header_bytes = len(codec.compress(head))
+    with_sample = len(codec.compress(head + sample))
+    return PREAMBLE_BYTES + header_bytes + round((with_sample - header_bytes) * blobs_total / max(len(sample), 1))
+
+
+def _in_block(name: str) -> str:
+    return name.split(".", 2)[2]
 
 
 def sizing_model(cfg: ModelConfig, seed: int = 0) -> GPT:
@@ -112,6 +128,7 @@ class FitResult:
     config: ModelConfig | None
     code_bytes: int
     budget: int
+    packed_bytes: int | None = None  # the winner packed for real (verify)
 
     def overrides(self) -> list[str]:
         if self.config is None:
@@ -157,3 +174,24 @@ def fit(cfg: Config, budget: int, search: str = "depth", policy: PackPolicy | No
     best = tried.get(lo) if lo else None
     return FitResult(search, best, sorted(tried.values(), key=lambda c: c.value),
                      variant(cfg.model, search, lo) if lo else None, code, budget)
+
+
+def verify(result: FitResult, cfg: Config, policy: PackPolicy, tokenizer, runner: str = "plain",
+           seed: int = 0) -> FitResult:
+    """Packs the winner for real; should it not fit after all, steps down until one does."""
+    import tempfile
+    from pathlib import Path
+
+    from lmgolf.pack import pack
+    value = result.best.value if result.best else 0
+    while value >= 1:
+        mcfg = variant(cfg.model, result.search, value)
+        with tempfile.TemporaryDirectory() as tmp:
+            report = pack(sizing_model(mcfg, seed), dataclasses.replace(cfg, model=mcfg, pack=policy), tokenizer,
+                          Path(tmp) / "fit.lmg", policy, budget=result.budget, allow_over_budget=True, runner=runner)
+        if report.fits():
+            best = next((c for c in result.tried if c.value == value), None) or Candidate(
+                value, count_config(mcfg).params, report.artifact_bytes, True)
+            return dataclasses.replace(result, best=best, config=mcfg, packed_bytes=report.artifact_bytes)
+        value -= 1
+    return dataclasses.replace(result, best=None, config=None)

@@ -312,7 +312,7 @@ def _int_rows_storage(bits: int) -> Storage:
             codes = torch.round(snapped / step).to(torch.int8)
             if bits == 8:  # one byte a code, as format version 1 always stored int8-row
                 return {"q": codes, "scale": scales}, meta
-            packed = bool(policy.bit_pack)
+            packed = policy.packs_bits(bits)
             return {"q": pack_bits(codes, bits) if packed else codes, "scale": scales}, {**meta, "packed": packed}
 
         return Grid(snap, encode)

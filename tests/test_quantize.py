@@ -1,5 +1,4 @@
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgolf import quantize as Q
+from lmgolf.config import PackPolicy
 
 ODD_SHAPES = [(1, 1), (3, 7), (17, 129), (64, 65), (5, 1), (1, 33), (2, 3, 5)]
 QUICK = settings(max_examples=25, deadline=None)
@@ -26,10 +26,8 @@ def weights(draw, shapes=st.sampled_from(ODD_SHAPES)) -> torch.Tensor:
     return w
 
 
-def policy(**fields) -> SimpleNamespace:
-    defaults = dict(clip="percentile", clip_quantile=0.9999984, clip_k=4.0, min_scale=0.0, bit_pack=True,
-                    ternary_group=64)
-    return SimpleNamespace(**{**defaults, **fields})
+def policy(**fields) -> PackPolicy:
+    return PackPolicy(**{"bit_pack": "on", **fields})
 
 
 # ---------------------------------------------------------------------------------------------------
