@@ -319,7 +319,7 @@ def test_mixed_policy_picks_storages_by_group_and_pattern():
 def test_header_records_the_quantizer_settings(tmp_path, tokenizer):
     model, cfg = tiny(tokenizer.vocab_size)
     policy = PackPolicy(min_quant_numel=1024, group_storage={"mlp": "int5-row", "attention": "ternary"},
-                        clip="std", clip_k=3.0, byte_shuffle=True)
+                        clip="std", clip_k=3.0, byte_shuffle=True, bit_pack="on")
     pack(model, cfg, tokenizer, tmp_path / "m.lmg", policy)
     header = artifact.read_header(tmp_path / "m.lmg")
     entries = {e["name"]: e for e in header["tensors"]}

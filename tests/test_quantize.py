@@ -199,3 +199,8 @@ def test_byte_shuffle_groups_the_kth_bytes():
     values = np.array([0x0102, 0x0304, 0x0506], dtype="<u2").tobytes()
     assert Q.shuffle_bytes(values, 2) == bytes([0x02, 0x04, 0x06, 0x01, 0x03, 0x05])
     assert Q.shuffle_bytes(b"abcdefg", 3) == b"adbecfg"
+
+
+def test_bit_pack_auto_packs_from_four_bits_down():
+    assert [PackPolicy().packs_bits(b) for b in (2, 3, 4, 5, 6, 7)] == [True, True, True, False, False, False]
+    assert PackPolicy(bit_pack="on").packs_bits(6) and not PackPolicy(bit_pack="off").packs_bits(3)
