@@ -1,12 +1,13 @@
 """Budget fitting: the widest or deepest variant of a preset whose packed artifact, plus code, fits.
 
 Size estimate. Quantizing and compressing a 16 MB payload with lzma or brotli takes a while; a
-transformer repeats the same tensors layer after layer. The estimate sorts tensors into classes
-(parameter group, storage, shape), quantizes and compresses a few whole tensors of each class (evenly
-spaced through the depth, about sample_bytes in all, a class with one tensor whole) and scales each
-class by its count; the header is built and compressed exactly. Whole tensors keep long homogeneous
-runs (codecs adapt their entropy coding per block, and byte-shuffled planes are long), which row
-samples do not (tests/test_fit.py checks the 2% promise across storages and codecs).
+transformer repeats the same block layer after layer. The estimate packs what lies outside the
+blocks (embeddings, head, norms) and whole blocks of each kind (same tensors, shapes and storages),
+evenly spaced through the depth, about sample_bytes of raw payload in all; lays them out in artifact
+order behind the real header; compresses that one stream; and scales the blocks' part by the raw size
+ratio. Codecs adapt to everything they have seen, so the sample keeps the artifact's own sequence:
+smaller samples (rows, or tensors grouped by class) missed by 2 to 7%. tests/test_fit.py checks the
+2% promise across storages and codecs; docs/compression.md has the errors measured on pg-baseline.
 
 Which weights. A candidate is sized before it is trained, with the config's own initialization,
 except that matrices initialized to zero (zero_init_proj) are drawn like the others: trained weights
@@ -26,19 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from lmgolf.artifact import CODECS, Packed, encode_payload, layout, tokenizer_header
-from lmgolf.pack import code_bytes, quantize_state
+from lmgolf.artifact import CODECS, PREAMBLE, Packed, encode_payload, layout, tokenizer_header
 from lmgolf.config import Config, ModelConfig, PackPolicy
 from lmgolf.count import count_config
 from lmgolf.errors import LmgolfError
 from lmgolf.model import GPT
+from lmgolf.pack import code_bytes, pack, quantize_state
 
 SEARCHES = ("depth", "width")
-PREAMBLE_BYTES = 41
 
 
 def estimate_packed_bytes(model: GPT, policy: PackPolicy, header: dict | None = None,
@@ -80,7 +82,7 @@ def estimate_packed_bytes(model: GPT, policy: PackPolicy, header: dict | None = 
     # the header goes in front of the sample, as in the artifact: a codec's choices depend on all it has seen
     header_bytes = len(codec.compress(head))
     with_sample = len(codec.compress(head + sample))
-    return PREAMBLE_BYTES + header_bytes + round((with_sample - header_bytes) * blobs_total / max(len(sample), 1))
+    return PREAMBLE + header_bytes + round((with_sample - header_bytes) * blobs_total / max(len(sample), 1))
 
 
 def _in_block(name: str) -> str:
@@ -179,10 +181,6 @@ def fit(cfg: Config, budget: int, search: str = "depth", policy: PackPolicy | No
 def verify(result: FitResult, cfg: Config, policy: PackPolicy, tokenizer, runner: str = "plain",
            seed: int = 0) -> FitResult:
     """Packs the winner for real; should it not fit after all, steps down until one does."""
-    import tempfile
-    from pathlib import Path
-
-    from lmgolf.pack import pack
     value = result.best.value if result.best else 0
     while value >= 1:
         mcfg = variant(cfg.model, result.search, value)
