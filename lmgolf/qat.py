@@ -107,6 +107,14 @@ class QAT(nn.Module):
         self._pruned = pruned_names(names, self._storages, policy)
         self._cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
 
+    @property
+    def cfg(self):
+        return self.model.cfg
+
+    @property
+    def avg_depth(self):
+        return getattr(self.model, "avg_depth", None)
+
     def invalidate(self) -> None:
         """Forget the snapped values (with reuse=True, call it whenever the weights have changed)."""
         self._cache = None

@@ -185,14 +185,14 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
                 log.write(step=step, loss=train_loss, lr_mult=lr_multiplier(fraction, cfg.train), elapsed=elapsed,
                           tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token, **extra)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
-            _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
+            _validate(_scored(model, qat), data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
             _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step)
         if on_step is not None:
             on_step(step)
     bar.close()
     _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step)
-    final = _validate(model, data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress)
+    final = _validate(_scored(model, qat), data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress)
     summary = {"steps": step, "tokens": step * tokens_per_step, "elapsed": elapsed,
                "val_loss": final.loss, "val_bpb": final.bpb}
     if cfg.train.qat:  # steps taken before QAT switched on (null: it never did)
@@ -213,6 +213,11 @@ def _write_run_folder(out_dir: Path, cfg: Config, data: DataFolder, ddp: Dist, d
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 
+def _scored(model: GPT, qat: QAT | None):
+    """What validation scores: once QAT is on, the export's weights (what the artifact will hold)."""
+    return qat if qat is not None and qat.enabled else model
+
+
 def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, log: MetricsLog, step: int,
               max_tokens: int | None, progress: bool = False):
     tokens, nbytes = data.val_tokens_and_bytes()
@@ -220,7 +225,8 @@ def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, lo
                       progress=progress and ddp.is_main, rank=ddp.rank, world_size=ddp.world_size)
     if ddp.is_main:
         log.write(step=step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens)
-        print(f"step {step}: {result.format()}", flush=True)
+        print(f"step {step}: {result.format()}" + (" | QAT: the export's weights" if isinstance(model, QAT) else ""),
+              flush=True)
     return result
 
 

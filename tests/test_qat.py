@@ -10,9 +10,11 @@ from torch import nn
 
 import lmgolf.qat as qat_module
 import lmgolf.train as train_module
+from lmgolf.artifact import load_artifact
 from lmgolf.checkpoint import load_model, read_state
 from lmgolf.config import ModelConfig, PackPolicy, TrainConfig, load_config
 from lmgolf.data import DataFolder
+from lmgolf.evaluate import evaluate
 from lmgolf.model import GPT
 from lmgolf.pack import dequantized_state_dict, pack
 from lmgolf.qat import QAT, qat_due, qat_targets
@@ -221,9 +223,13 @@ def test_training_switches_on_at_the_chosen_point(byte_data, tmp_path, monkeypat
     model, cfg = load_model(tmp_path / "r")
     n_targets = len(qat_targets(model, cfg.pack))
     in_loop = [s for s in snaps if s is not None]  # one snap per target and step: micro-batches share it
-    assert in_loop == [s for s in range(switch, 8) for _ in range(n_targets)]
+    # one snap per target and step, then once more for the final validation, which scores the export
+    assert in_loop == [s for s in [*range(switch, 8), 7] for _ in range(n_targets)]
     report = pack(model, cfg, DataFolder(byte_data).tokenizer(), tmp_path / "r.lmg", cfg.pack)
     assert report.fits()
+    tokens, nbytes = DataFolder(byte_data).val_tokens_and_bytes()
+    packed = evaluate(load_artifact(tmp_path / "r.lmg")[0], tokens, nbytes, cfg.model.context, progress=False)
+    assert packed.loss == pytest.approx(summary["val_loss"], rel=1e-5)
     ref = GPT(cfg.model)
     ref.load_state_dict(dequantized_state_dict(model, cfg.pack))
     x = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.context))
