@@ -53,15 +53,10 @@ def quantize_model(model: GPT, policy: PackPolicy, hessians: dict[str, torch.Ten
 def quantize_state(state: dict[str, torch.Tensor], policy: PackPolicy, storages: dict[str, str],
                    hessians: dict[str, torch.Tensor] | None = None) -> list[Packed]:
     """float32 tensors -> packed tensors, each in its given storage."""
-    from lmgolf.prune import magnitude_masks
     for name, w in state.items():
         if not torch.isfinite(w).all():
             raise LmgolfError(f"tensor {name}: contains NaN or inf, refusing to pack")
-    masks = {}
-    if policy.prune:
-        chosen = [n for n in state if (policy.targets(n, policy.prune_targets) if policy.prune_targets
-                                       else STORAGES[storages[n]].quantizer)]
-        masks = magnitude_masks({n: as_rows(state[n]) for n in chosen}, policy.prune, policy.prune_scope)
+    masks = prune_masks(state, storages, policy)
     packed = []
     for name, w in state.items():
         try:
@@ -69,6 +64,22 @@ def quantize_state(state: dict[str, torch.Tensor], policy: PackPolicy, storages:
         except ValueError as e:
             raise LmgolfError(f"tensor {name}: cannot store as {storages[name]}: {e}") from None
     return packed
+
+
+def pruned_names(names, storages: dict[str, str], policy: PackPolicy) -> list[str]:
+    """The tensors pack.prune prunes, in the given order: those prune_targets names, else every
+    tensor in a quantizer storage."""
+    if not policy.prune:
+        return []
+    return [n for n in names if (policy.targets(n, policy.prune_targets) if policy.prune_targets
+                                 else STORAGES[storages[n]].quantizer)]
+
+
+def prune_masks(state: dict[str, torch.Tensor], storages: dict[str, str], policy: PackPolicy) -> dict[str, torch.Tensor]:
+    """Keep masks (rows views) of the pruned tensors among `state`, chosen over them in their order."""
+    from lmgolf.prune import magnitude_masks
+    chosen = pruned_names(state, storages, policy)
+    return magnitude_masks({n: as_rows(state[n]) for n in chosen}, policy.prune, policy.prune_scope) if chosen else {}
 
 
 def export_rows(name: str, w: torch.Tensor, storage: str, policy: PackPolicy, keep: torch.Tensor | None = None,

@@ -50,17 +50,7 @@ from torch.func import functional_call
 from lmgolf.config import PackPolicy, TrainConfig
 from lmgolf.errors import LmgolfError
 from lmgolf.optim import lr_multiplier
-from lmgolf.pack import export_rows
-from lmgolf.prune import magnitude_masks
-from lmgolf.quantize import STORAGES, as_rows
-
-
-def pruned_names(names, storages: dict[str, str], policy: PackPolicy) -> list[str]:
-    """The tensors that pack.prune prunes, in state-dict order (lmgolf.pack's choice)."""
-    if not policy.prune:
-        return []
-    return [n for n in names if (policy.targets(n, policy.prune_targets) if policy.prune_targets
-                                 else STORAGES[storages[n]].quantizer)]
+from lmgolf.pack import export_rows, prune_masks, pruned_names
 
 
 def qat_targets(model: nn.Module, policy: PackPolicy) -> dict[str, str]:
@@ -143,8 +133,7 @@ class QAT(nn.Module):
             return self._cache[1]
         with torch.no_grad(), torch.autocast(next(iter(involved.values())).device.type, enabled=False):
             state = {name: t.detach().float() for name, t in involved.items()}
-            masks = magnitude_masks({n: as_rows(state[n]) for n in self._pruned}, self.policy.prune,
-                                    self.policy.prune_scope) if self._pruned else {}
+            masks = prune_masks({n: state[n] for n in self._pruned}, self._storages, self.policy)
             values = {name: snap_tensor(name, state[name], storage, self.policy, masks.get(name))
                       .to(involved[name].dtype) for name, storage in self.targets.items()}
         self._cache = (key, values) if self.reuse else None
