@@ -72,9 +72,18 @@ class EvalResult:
 def window_plan(n_tokens: int, context: int, stride: int) -> list[Window]:
     """Windows (start, end, first) over a stream of n_tokens: inputs tokens[start:end] predict targets
     start+1..end, of which targets first..end are scored. Targets 1..n_tokens-1 are each scored once."""
+    check_stride(stride, context)
+    return span_plan(1, n_tokens - 1, context, stride, full_last=True)
+
+
+def check_stride(stride: int, context: int) -> None:
     if not 1 <= stride <= context:
         raise ValueError(f"stride must lie in [1, {context}], got {stride}")
-    return span_plan(1, n_tokens - 1, context, stride, full_last=True)
+
+
+def default_batch_size(context: int, vocab_size: int) -> int:
+    """Windows per forward pass: logits of at most 2^24 floats, and at most 64 windows."""
+    return max(1, min(64, (1 << 24) // (context * vocab_size)))
 
 
 def span_plan(first: int, last: int, context: int, stride: int, floor: int = 0, full_last: bool = False) -> list[Window]:
@@ -190,12 +199,11 @@ def evaluate(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, stride
     stride = stride or context
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
     if docs:
-        if not 1 <= stride <= context:
-            raise ValueError(f"stride must lie in [1, {context}], got {stride}")
+        check_stride(stride, context)
         plan = document_plan(tokens, n, context, stride, resolve_bos(model, bos_id))
     else:
         plan = window_plan(n, context, stride)
-    batch_size = batch_size or max(1, min(64, (1 << 24) // (context * model.cfg.vocab_size)))
+    batch_size = batch_size or default_batch_size(context, model.cfg.vocab_size)
     work = batches(plan[rank::world_size], batch_size * min(context, max(n - 1, 1)))
     device = torch.device(device)
     was_training = model.training

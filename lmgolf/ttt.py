@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from lmgolf.errors import LmgolfError
-from lmgolf.evaluate import (EvalResult, Tally, Window, batches, document_spans, resolve_bos, result_from, span_plan,
-                             window_nats)
+from lmgolf.evaluate import (EvalResult, Tally, Window, batches, check_stride, default_batch_size, document_spans,
+                             resolve_bos, result_from, span_plan, window_nats)
 from lmgolf.model import MLP, Attention
 from lmgolf.progress import progress_bar
 
@@ -125,8 +125,7 @@ def evaluate_ttt(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, tt
     ttt = ttt or TTTConfig()
     ttt.validate()
     stride = stride or context
-    if not 1 <= stride <= context:
-        raise ValueError(f"stride must lie in [1, {context}], got {stride}")
+    check_stride(stride, context)
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
     bos = resolve_bos(model, bos_id) if ttt.docs or ttt.reset_docs else None
     spans = ttt_chunks(tokens, n, context, stride, ttt, bos)
@@ -137,7 +136,7 @@ def evaluate_ttt(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, tt
     else:
         params = [p.requires_grad_(True) for p in work.parameters()]
     initial = copy.deepcopy(work.state_dict()) if ttt.reset_docs else None
-    max_tokens_per_pass = (batch_size or max(1, min(64, (1 << 24) // (context * model.cfg.vocab_size)))) * context
+    max_tokens_per_pass = (batch_size or default_batch_size(context, model.cfg.vocab_size)) * context
     started = time.perf_counter()
     tally = Tally(n, per_token)
     bar = progress_bar(total=max(n - 1, 0), desc="eval ttt", unit="tok", disable=not progress)
