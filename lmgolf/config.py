@@ -330,9 +330,9 @@ class PackPolicy:
             _check_target("group_storage", key, GROUPS)
 
     def packs_bits(self, bits: int) -> bool:
-        if self.bit_pack in ("on", True) or self.bit_pack in ("off", False):
-            return self.bit_pack in ("on", True)
-        return bits <= 4
+        if self.bit_pack == "auto":
+            return bits <= 4
+        return self.bit_pack in ("on", True)
 
     def storage_for(self, name: str, tensor) -> str:
         from lmgolf.quantize import STORAGES
