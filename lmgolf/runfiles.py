@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from lmgolf.errors import LmgolfError
+
 
 def use_default_permissions(path: str | Path) -> None:
     """Give a file or folder made by mkstemp/mkdtemp (private, 0600/0700) the permissions the umask asks for."""
@@ -17,8 +19,11 @@ def use_default_permissions(path: str | Path) -> None:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise LmgolfError(f"{path}: cannot write here ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -169,3 +169,12 @@ def test_pack_with_gptq_calibrates_on_the_runs_training_data(capsys, tmp_path, p
     code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "h.lmg", "--policy", "gptq-int4",
                        "--data", tmp_path / "nowhere")
     assert_one_line_error(code, err, "nowhere")
+
+
+def test_pack_to_an_unwritable_place_is_one_line(capsys, tmp_path, pipeline):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run(capsys, "pack", pipeline / "run", "--out", blocker / "m.lmg")
+    assert_one_line_error(code, err, "m.lmg", "cannot write")
+    code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", "--write-runner", blocker / "r.py")
+    assert_one_line_error(code, err, "r.py", "cannot write")
