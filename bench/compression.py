@@ -20,14 +20,15 @@ from pathlib import Path
 
 import torch
 
-from lmgolf.artifact import CODECS, load_artifact
-from lmgolf.baselines import baseline_report, total_description_length
-from lmgolf.checkpoint import load_model
+from lmgolf.codecs import CODECS
+from lmgolf.packing.artifact import load_artifact
+from lmgolf.eval.baselines import baseline_report, total_description_length
+from lmgolf.training.checkpoint import load_model
 from lmgolf.config import PACK_POLICIES, pack_policy
-from lmgolf.data import DataFolder
-from lmgolf.evaluate import evaluate, fit_temperature
-from lmgolf.pack import pack
-from lmgolf.ttt import TTTConfig, evaluate_ttt
+from lmgolf.data.folder import DataFolder
+from lmgolf.eval.evaluate import evaluate, fit_temperature
+from lmgolf.packing.writer import pack
+from lmgolf.eval.ttt import TTTConfig, evaluate_ttt
 
 MODE_POLICY = "int6-emb8"
 

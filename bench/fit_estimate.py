@@ -2,7 +2,7 @@
 
     python bench/fit_estimate.py [--preset pg-baseline]
 
-Sizes the preset at its initialization (lmgolf.fit.sizing_model) under several policies and codecs,
+Sizes the preset at its initialization (lmgolf.study.fit.sizing_model) under several policies and codecs,
 prints a markdown table and writes bench/results/fit_estimate.json.
 """
 
@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmgolf.artifact import tokenizer_header
+from lmgolf.packing.artifact import tokenizer_header
 from lmgolf.config import PackPolicy, load_config, pack_policy
-from lmgolf.fit import estimate_packed_bytes, sizing_model
-from lmgolf.pack import pack
-from lmgolf.tokenizers import train_tokenizer
+from lmgolf.study.fit import estimate_packed_bytes, sizing_model
+from lmgolf.packing.writer import pack
+from lmgolf.data.tokenizers import train_tokenizer
 
 CASES = [("int6-emb8", ["codec=zstd", "byte_shuffle=true", "clip=std"]), ("int5-mlp", ["codec=lzma"]),
          ("int5-mlp", ["codec=zstd", "byte_shuffle=true"]), ("ternary", ["codec=zstd"]), ("int8", ["codec=zstd"])]

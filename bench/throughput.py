@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from lmgolf.config import load_config
-from lmgolf.count import count_module
+from lmgolf.model.count import count_module
 from lmgolf.device import autocast, pick_device, pick_dtype, want_compile
-from lmgolf.model import GPT
-from lmgolf.optim import build_optimizers
+from lmgolf.model.gpt import GPT
+from lmgolf.training.optim import build_optimizers
 from lmgolf.runinfo import hardware, library_versions
 
 

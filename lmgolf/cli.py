@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_data_prepare(args) -> None:
-    from lmgolf.prepare import prepare_data
+    from lmgolf.data.prepare import prepare_data
     meta = prepare_data(args.corpus, args.tokenizer, args.out, vocab_size=args.vocab_size, data_dir=args.data_dir,
                         val_fraction=args.val_fraction, seed=args.seed, tokenizer_model=args.tokenizer_model,
                         overwrite=args.overwrite)
@@ -166,19 +166,19 @@ def cmd_data_prepare(args) -> None:
 
 
 def cmd_data_fetch(args) -> None:
-    from lmgolf.corpora import fetch_corpus
+    from lmgolf.data.corpora import fetch_corpus
     print(fetch_corpus(args.name))
 
 
 def cmd_data_import_pg(args) -> None:
-    from lmgolf.prepare import import_pg_shards
+    from lmgolf.data.prepare import import_pg_shards
     meta = import_pg_shards(args.train, args.val, args.tokenizer_model, args.out)
     print(f"wrote {args.out}: {json.dumps(meta['counts'])}")
 
 
 def cmd_count(args) -> None:
     from lmgolf.config import load_config
-    from lmgolf.count import count_config, format_count
+    from lmgolf.model.count import count_config, format_count
     cfg = load_config(args.preset, args.overrides)
     print(f"preset {args.preset}")
     print(format_count(cfg.model, count_config(cfg.model)))
@@ -186,7 +186,7 @@ def cmd_count(args) -> None:
 
 def cmd_presets(args) -> None:
     from lmgolf.config import load_preset, preset_names
-    from lmgolf.count import count_config
+    from lmgolf.model.count import count_config
     for name in preset_names():
         cfg = load_preset(name)
         m = cfg.model
@@ -195,14 +195,14 @@ def cmd_presets(args) -> None:
 
 def cmd_train(args) -> None:
     from lmgolf.config import Config, load_config
-    from lmgolf.train import train
+    from lmgolf.training.trainer import train
     overrides = list(args.overrides)
     if args.time_budget is not None:
         overrides.append(f"train.time_budget={args.time_budget}")
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
     if args.resume:
-        from lmgolf.checkpoint import read_state
+        from lmgolf.training.checkpoint import read_state
         cfg = Config.from_dict(read_state(args.out)["config"], source=f"{args.out}/checkpoint/state.json")
     elif args.preset is None:
         raise LmgolfError("train: --preset is required (or --resume to continue a run)")
@@ -214,10 +214,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from lmgolf.data import DataFolder
+    from lmgolf.data.folder import DataFolder
     from lmgolf.device import pick_dtype
-    from lmgolf.evaluate import evaluate, fit_temperature
-    from lmgolf.ttt import TTTConfig
+    from lmgolf.eval.evaluate import evaluate, fit_temperature
+    from lmgolf.eval.ttt import TTTConfig
     ttt_flags = {"chunk": args.ttt_chunk, "steps": args.ttt_steps, "lr": args.ttt_lr, "momentum": args.ttt_momentum,
                  "optimizer": args.ttt_optimizer, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha}
     ttt_flags = {k: v for k, v in ttt_flags.items() if v is not None}
@@ -247,7 +247,7 @@ def cmd_eval(args) -> None:
     common = dict(stride=args.stride, max_tokens=args.max_tokens, device=device, dtype=pick_dtype(args.dtype, device),
                   progress=not args.quiet)
     if args.mode == "ttt":
-        from lmgolf.ttt import evaluate_ttt
+        from lmgolf.eval.ttt import evaluate_ttt
         result = evaluate_ttt(model, tokens, nbytes, context, ttt, bos_id=data.bos_id, **common)
     elif args.mode == "temperature":
         t = fit_temperature(model, data.train_tokens(), context, fit_tokens=args.fit_tokens or 16384, seed=args.seed,
@@ -258,13 +258,13 @@ def cmd_eval(args) -> None:
     summary = result.as_dict()
     print(result.format())
     if Path(args.path).is_file():  # an artifact: its bytes count too
-        from lmgolf.baselines import total_description_length
+        from lmgolf.eval.baselines import total_description_length
         size = Path(args.path).stat().st_size
         summary.update(artifact_bytes=size, total_bpb=total_description_length(size, result.bpb, max(result.bytes, 1)))
         print(f"total description length: ({size:,} artifact bytes x 8 + {result.bpb:.4f} x {result.bytes:,} val bytes) "
               f"/ {result.bytes:,} = {summary['total_bpb']:.4f} bits/byte")
     if args.baselines:
-        from lmgolf.baselines import DEFAULT_PREFIX_BYTES, baseline_report
+        from lmgolf.eval.baselines import DEFAULT_PREFIX_BYTES, baseline_report
         prefix = DEFAULT_PREFIX_BYTES if args.baseline_prefix_bytes is None else args.baseline_prefix_bytes
         report = baseline_report(data, args.max_tokens, prefix)
         summary["baselines"] = report
@@ -276,15 +276,15 @@ def cmd_eval(args) -> None:
 
 def cmd_pack(args) -> None:
     from lmgolf.config import pack_policy
-    from lmgolf.pack import pack
-    from lmgolf.runner import write_runner
+    from lmgolf.packing.writer import pack
+    from lmgolf.packing.runner import write_runner
     model, cfg, tokenizer, data = _load_any(args.run, args.data, need_data=False, device="cpu")
     overrides = list(args.overrides) + ([f"codec={args.codec}"] if args.codec else [])
     policy = pack_policy(cfg.pack, args.policy, overrides)
     out = args.out or str(Path(args.run) / "model.lmg")
     train_tokens = None
     if policy.gptq and policy.gptq_calibration == "train":
-        from lmgolf.data import DataFolder
+        from lmgolf.data.folder import DataFolder
         folder = DataFolder(data or _recorded_data(args.run, Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent))
         if folder.fingerprint != tokenizer.fingerprint:
             raise LmgolfError(f"{folder.path}: tokenized with a different tokenizer than {args.run}")
@@ -300,12 +300,12 @@ def cmd_pack(args) -> None:
 
 def cmd_fit(args) -> None:
     from lmgolf.config import load_config, pack_policy
-    from lmgolf.fit import fit
+    from lmgolf.study.fit import fit
     cfg = load_config(args.preset, args.overrides)
     policy = pack_policy(cfg.pack, args.policy, [f"codec={args.codec}"] if args.codec else [])
     tokenizer = None
     if args.data:
-        from lmgolf.data import DataFolder
+        from lmgolf.data.folder import DataFolder
         tokenizer = DataFolder(args.data).tokenizer()
     result = fit(cfg, args.budget, args.search, policy, args.runner, tokenizer)
     key = "model.n_layer" if args.search == "depth" else "KV groups"
@@ -318,8 +318,8 @@ def cmd_fit(args) -> None:
     print(f"best: {' '.join(result.overrides())}: {best.params:,} parameters, estimated {best.estimate:,} + code "
           f"{result.code_bytes:,} = {best.estimate + result.code_bytes:,} bytes of {args.budget:,} ({policy.codec})")
     if not args.no_verify:
-        from lmgolf.fit import verify
-        from lmgolf.tokenizers import train_tokenizer
+        from lmgolf.study.fit import verify
+        from lmgolf.data.tokenizers import train_tokenizer
         estimate = best.estimate
         result = verify(result, cfg, policy, tokenizer or train_tokenizer("byte", []), args.runner)
         if result.best is None:
@@ -333,7 +333,7 @@ def cmd_fit(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from lmgolf.generate import generate
+    from lmgolf.serve.generate import generate
     model, cfg, tokenizer, _ = _load_any(args.path, None, need_data=False, device=args.device)
     prompt = tokenizer.encode(args.prompt) if args.prompt else []
     ids = [tokenizer.bos_id] + prompt
@@ -343,7 +343,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from lmgolf.demo import run_demo
+    from lmgolf.study.demo import run_demo
     run_demo(out=args.out, time_budget=args.time_budget, corpus=args.corpus, tokenizer=args.tokenizer,
              vocab_size=args.vocab_size)
 
@@ -351,15 +351,15 @@ def cmd_demo(args) -> None:
 def _load_any(path: str, data: str | None, need_data: bool = True, device: str = "auto"):
     """(model, config, tokenizer, data folder) from a run folder or a .lmg artifact."""
     from lmgolf.device import pick_device
-    from lmgolf.tokenizers import load_tokenizer
+    from lmgolf.data.tokenizers import load_tokenizer
     device = pick_device(device)
     p = Path(path)
     if p.is_file():
-        from lmgolf.artifact import load_artifact
+        from lmgolf.packing.artifact import load_artifact
         model, cfg, tokenizer, _ = load_artifact(p, device=device)
         run_dir = p.parent
     elif p.is_dir():
-        from lmgolf.checkpoint import load_model
+        from lmgolf.training.checkpoint import load_model
         model, cfg = load_model(p, device=device)
         tokenizer = load_tokenizer(p / "tokenizer")
         run_dir = p

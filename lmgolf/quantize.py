@@ -6,7 +6,7 @@ Integer rows: symmetric, per row, b bits (2..8): codes in [-qmax, qmax] with qma
 Ternary: codes in {-1, 0, +1} with one absmean scale per group of a row (BitNet b1.58), 5 trits a byte.
 fp8: e4m3 values with one fp16 scale per row, so that each row spans the e4m3 range.
 
-A *storage* (registered in STORAGES, used by lmgolf.artifact) turns a float32 tensor into named blobs
+A *storage* (registered in STORAGES, used by lmgolf.packing.artifact) turns a float32 tensor into named blobs
 plus JSON meta, and back. Dequantization always uses the stored fp16 scales, so a weight restored from
 the blobs equals the quantizer's own dequantized weight bit for bit.
 """
@@ -266,7 +266,7 @@ def unshuffle_bytes(data: bytes, width: int) -> bytes:
 # Storages. A storage first fixes a *grid* for one tensor (its scales, from the clip rule), then rounds
 # values onto it (snap) and stores the rounded values (encode). Plain packing is encode(snap(w)); GPTQ
 # snaps column by column and spreads each column's error over the next ones; QAT snaps in the forward
-# pass. All three therefore use exactly the same quantizer. The policy is lmgolf.artifact.PackPolicy;
+# pass. All three therefore use exactly the same quantizer. The policy is lmgolf.packing.artifact.PackPolicy;
 # a storage reads only the fields it needs.
 
 Blobs = dict[str, torch.Tensor]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-import lmgolf
+from lmgolf.version import __version__
 
-PACKAGE_DIR = Path(lmgolf.__file__).parent
+PACKAGE_DIR = Path(__file__).parent
 
 
 def code_version() -> dict:
@@ -24,7 +24,7 @@ def code_version() -> dict:
         if path.suffix in (".py", ".json") and path.is_file():
             digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
             digest.update(path.read_bytes())
-    info = {"lmgolf": lmgolf.__version__, "source_sha256": digest.hexdigest()}
+    info = {"lmgolf": __version__, "source_sha256": digest.hexdigest()}
     try:
         out = subprocess.run(["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode == 0:

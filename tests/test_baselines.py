@@ -5,10 +5,10 @@ import zlib
 import numpy as np
 import pytest
 
-from lmgolf.baselines import (CODECS, compressed_size, compressor_bpb, token_bytes, total_description_length, train_tail,
+from lmgolf.eval.baselines import (CODECS, compressed_size, compressor_bpb, token_bytes, total_description_length, train_tail,
                               val_text)
-from lmgolf.data import DataFolder
-from lmgolf.tokenizers import ByteTokenizer, CharTokenizer
+from lmgolf.data.folder import DataFolder
+from lmgolf.data.tokenizers import ByteTokenizer, CharTokenizer
 
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
         "foolishness, it was the epoch of belief, it was the epoch of incredulity. ").encode() * 20

@@ -134,7 +134,7 @@ def test_pack_prints_a_group_table_and_writes_the_runner(capsys, tmp_path, pipel
     rows = {line.split()[0]: line.split() for line in table[1:] if line.split() and line.split()[0] in ("embedding", "attention", "mlp")}
     assert rows["embedding"][2] == "int8-row" and rows["mlp"][2] == "int6-row"
     assert f"code {runner.stat().st_size:,} bytes (compressed runner)" in out
-    from lmgolf.artifact import read_header
+    from lmgolf.packing.artifact import read_header
     header = read_header(out_path)
     assert header["codec"] == "lzma" and header["policy"]["byte_shuffle"] is True
 

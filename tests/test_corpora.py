@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lmgolf import corpora
-from lmgolf.corpora import KNOWN_CORPORA, REMOTE_CORPORA, RemoteFile, fetch_corpus, load_corpus
+from lmgolf.data import corpora
+from lmgolf.data.corpora import KNOWN_CORPORA, REMOTE_CORPORA, RemoteFile, fetch_corpus, load_corpus
 from lmgolf.errors import LmgolfError
 
 

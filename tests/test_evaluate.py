@@ -8,9 +8,9 @@ import torch
 from lmgolf.cli import main
 from lmgolf.config import ModelConfig
 from lmgolf.errors import LmgolfError
-from lmgolf.evaluate import best_temperature, document_spans, evaluate, fit_temperature, span_plan, window_plan
-from lmgolf.model import GPT
-from lmgolf.ttt import LoRALinear, TTTConfig, add_lora, evaluate_ttt
+from lmgolf.eval.evaluate import best_temperature, document_spans, evaluate, fit_temperature, span_plan, window_plan
+from lmgolf.model.gpt import GPT
+from lmgolf.eval.ttt import LoRALinear, TTTConfig, add_lora, evaluate_ttt
 
 
 @pytest.mark.parametrize("n,context,stride", [(2, 8, 8), (9, 8, 8), (10, 8, 8), (100, 8, 8), (100, 8, 3),
@@ -225,11 +225,11 @@ def test_temperature_scoring():
 @pytest.fixture(scope="module")
 def artifact(byte_data, tmp_path_factory):
     try:
-        from lmgolf.pack import pack
-    except ImportError:  # older layout: pack() lived in lmgolf.artifact
-        from lmgolf.pack import pack
+        from lmgolf.packing.writer import pack
+    except ImportError:  # older layout: pack() lived in lmgolf.packing.artifact
+        from lmgolf.packing.writer import pack
     from lmgolf.config import Config
-    from lmgolf.tokenizers import load_tokenizer
+    from lmgolf.data.tokenizers import load_tokenizer
     torch.manual_seed(0)
     cfg = Config(model=ModelConfig(vocab_size=257, n_layer=1, d_model=16, n_head=2, context=16, bos_id=256))
     path = tmp_path_factory.mktemp("eval") / "model.lmg"

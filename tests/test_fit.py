@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 
 from lmgolf.config import Config, ModelConfig, PackPolicy, load_config
-from lmgolf.fit import estimate_packed_bytes, fit, sizing_model, variant
-from lmgolf.pack import code_bytes, pack
-from lmgolf.tokenizers import train_tokenizer
+from lmgolf.study.fit import estimate_packed_bytes, fit, sizing_model, variant
+from lmgolf.packing.writer import code_bytes, pack
+from lmgolf.data.tokenizers import train_tokenizer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
@@ -30,7 +30,7 @@ def test_estimate_is_within_two_percent(medium, policy, tmp_path):
     model, cfg = medium
     cfg = dataclasses.replace(cfg, pack=policy)
     tokenizer = train_tokenizer("byte", [])
-    from lmgolf.artifact import tokenizer_header
+    from lmgolf.packing.artifact import tokenizer_header
     header = {"config": cfg.to_dict(), "tokenizer": tokenizer_header(tokenizer)}
     estimate = estimate_packed_bytes(model, policy, header, sample_bytes=2 << 20)  # samples about half the blocks
     real = pack(model, cfg, tokenizer, tmp_path / "m.lmg", policy, allow_over_budget=True).artifact_bytes
@@ -78,7 +78,7 @@ def test_fit_cli(capsys):
 def test_verify_steps_down_when_the_estimate_was_too_low():
     import dataclasses as dc
 
-    from lmgolf.fit import Candidate, verify
+    from lmgolf.study.fit import Candidate, verify
     cfg = Config(model=ModelConfig(vocab_size=260, n_layer=2, d_model=64, n_head=2, context=32))
     code = code_bytes()
     real = fit(cfg, code + 400_000, "depth")

@@ -3,8 +3,8 @@ import torch
 
 from lmgolf.config import ModelConfig
 from lmgolf.errors import LmgolfError
-from lmgolf.generate import filter_logits, generate, stream
-from lmgolf.model import GPT, KVCache
+from lmgolf.serve.generate import filter_logits, generate, stream
+from lmgolf.model.gpt import GPT, KVCache
 
 PROMPT = [3, 14, 15, 9, 26]
 SHAPES = {"rope-mha": dict(positions="rope", n_kv_head=None),
@@ -115,8 +115,8 @@ def test_bad_arguments_name_the_field(field, kwargs):
 
 def test_cached_generation_with_depth_recurrence():
     from lmgolf.config import ModelConfig
-    from lmgolf.generate import generate
-    from lmgolf.model import GPT
+    from lmgolf.serve.generate import generate
+    from lmgolf.model.gpt import GPT
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=32, n_layer=2, d_model=16, n_head=2, context=16, depth_pattern="0,1,0,1")).eval()
     cached = generate(model, [1, 2, 3], 10, temperature=0.0, seed=0)

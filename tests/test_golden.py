@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmgolf.config import load_preset
-from lmgolf.model import GPT
+from lmgolf.model.gpt import GPT
 
 GOLDEN = Path(__file__).parent / "golden" / "foundation.json"
 PRESETS = ["pg-baseline", "s1-option-a", "nanogpt-shakespeare-char", "cpu-demo"]

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 from lmgolf.config import ModelConfig, PackPolicy
-from lmgolf.gptq import calibration_batches, collect_hessians, gptq_quantize, self_generated_batches
-from lmgolf.model import GPT
-from lmgolf.prune import magnitude_masks
+from lmgolf.packing.gptq import calibration_batches, collect_hessians, gptq_quantize, self_generated_batches
+from lmgolf.model.gpt import GPT
+from lmgolf.packing.prune import magnitude_masks
 from lmgolf.quantize import STORAGES
 
 ROWS, COLS, N = 64, 96, 2048

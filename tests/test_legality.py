@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-import lmgolf.evaluate as ev
+import lmgolf.eval.evaluate as ev
 from lmgolf.config import ModelConfig
-from lmgolf.evaluate import document_plan, evaluate, fit_temperature, window_plan
-from lmgolf.model import GPT
-from lmgolf.ttt import TTTConfig, evaluate_ttt, ttt_chunks
+from lmgolf.eval.evaluate import document_plan, evaluate, fit_temperature, window_plan
+from lmgolf.model.gpt import GPT
+from lmgolf.eval.ttt import TTTConfig, evaluate_ttt, ttt_chunks
 
 VOCAB, CONTEXT, N = 32, 8, 60
 BOS_AT = [0, 13, 29, 30, 45]  # an empty document at 29, a document ending right at a probe position
@@ -89,7 +89,7 @@ def test_every_score_comes_from_a_normalized_distribution(model, mode, monkeypat
     monkeypatch.setattr(ev, "log_probs", checked)
     tokens, nbytes = stream(1)
     result = MODES[mode](model, tokens, nbytes)
-    assert seen, "the mode did not score through lmgolf.evaluate.log_probs"
+    assert seen, "the mode did not score through lmgolf.eval.evaluate.log_probs"
     for rows in seen:
         assert rows.shape[-1] == VOCAB
         assert torch.logsumexp(rows.double(), dim=-1).abs().max() < 1e-5

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from lmgolf.errors import LmgolfError
-from lmgolf.loader import WindowSampler
-from lmgolf.shards import read_shard, write_shard
+from lmgolf.data.loader import WindowSampler
+from lmgolf.data.shards import read_shard, write_shard
 
 FINGERPRINT = "ab" * 32
 

@@ -4,8 +4,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lmgolf.config import ModelConfig, load_config, load_preset
-from lmgolf.count import count_config, count_module
-from lmgolf.model import GPT
+from lmgolf.model.count import count_config, count_module
+from lmgolf.model.gpt import GPT
 
 PRESET_PARAMS = {"pg-baseline": 17_059_912, "s1-option-a": 35_763_840, "nanogpt-shakespeare-char": 10_745_088,
                  "s1-option-b": 31_740_416, "s1-option-c": 33_460_992, "mobilellm-125m": 124_635_456}
@@ -136,7 +136,7 @@ def reference_rope(x, dims, base=10000.0):
 
 @pytest.mark.parametrize("dims", [8, 4, 2])
 def test_rope_and_partial_rope_match_a_reference(dims):
-    from lmgolf.model import Rotary
+    from lmgolf.model.gpt import Rotary
     x = torch.randn(2, 3, 11, 8)
     assert torch.allclose(Rotary(dims, 10000.0)(x), reference_rope(x, dims), atol=1e-5)
 
@@ -160,7 +160,7 @@ def test_ln_scale_and_post_norm_structure():
 
 
 def test_leaky_relu2_formula():
-    from lmgolf.model import MLP
+    from lmgolf.model.gpt import MLP
     mlp = MLP(tiny(mlp="leaky_relu2", leaky_slope=0.5))
     x = torch.randn(4, 32)
     u = mlp.up(x)
@@ -203,7 +203,7 @@ def test_document_mask_blocks_attention_across_bos(doc_mask):
 
 
 def test_document_mask_with_kv_cache_matches_full_pass():
-    from lmgolf.model import KVCache
+    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(doc_mask=True, bos_id=0)
     model = GPT(cfg).eval()
@@ -238,7 +238,7 @@ def test_neighbour_mixing_stops_at_bos(extra):
 
 
 def test_neighbour_mixing_with_kv_cache_matches_full_pass():
-    from lmgolf.model import KVCache
+    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(bigram_buckets=31, bigram_dim=8, smear_gate=True, bos_id=0)
     model = GPT(cfg).eval()
@@ -268,14 +268,14 @@ def reference_attention(q, k, v, softcap=None):
 
 @pytest.mark.parametrize("softcap", [None, 3.0])
 def test_attention_core_matches_reference(softcap):
-    from lmgolf.model import Attention
+    from lmgolf.model.gpt import Attention
     attn = Attention(tiny(attn_softcap=softcap))
     q, k, v = (torch.randn(2, 4, 9, 8) for _ in range(3))
     assert torch.allclose(attn.attend(q, k, v, None), reference_attention(q, k, v, softcap), atol=1e-5)
 
 
 def test_gqa_matches_reference_with_repeated_kv_heads():
-    from lmgolf.model import Attention
+    from lmgolf.model.gpt import Attention
     torch.manual_seed(0)
     attn = Attention(tiny(n_kv_head=2, positions="none"))
     x = torch.randn(1, 6, 32)
@@ -334,7 +334,7 @@ def test_value_residual_mixes_first_layer_values():
     model = GPT(tiny(value_residual=True, n_layer=3, positions="none"))
     assert model.blocks[0].attn.v_mix is None and model.blocks[1].attn.v_mix.tolist() == [0.5, 0.5]
     assert count_module(model).params - count_module(GPT(tiny(n_layer=3))).params == 4
-    from lmgolf.model import Shared
+    from lmgolf.model.gpt import Shared
     x0 = torch.randn(1, 5, 32)
     shared = Shared()
     model.blocks[0].attn(x0, shared=shared)
@@ -350,7 +350,7 @@ def test_value_residual_mixes_first_layer_values():
 
 
 def test_moe_routes_top_k_and_balances():
-    from lmgolf.model import MoE
+    from lmgolf.model.gpt import MoE
     torch.manual_seed(0)
     cfg = tiny(moe_experts=4, moe_top_k=1)
     moe = MoE(cfg)
@@ -383,7 +383,7 @@ def test_ssm_state_does_not_cross_a_bos_with_document_masking():
 
 @pytest.mark.parametrize("kw", [dict(ssm_layers="all"), dict(ssm_layers="0", doc_mask=True, bos_id=0)])
 def test_ssm_with_cache_matches_full_pass(kw):
-    from lmgolf.model import KVCache
+    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(ssm_state=4, **kw)
     model = GPT(cfg).eval()
@@ -402,7 +402,7 @@ def test_hybrid_counts_attention_flops_only_for_attention_layers():
 
 
 def test_differential_attention_matches_a_reference():
-    from lmgolf.model import Attention
+    from lmgolf.model.gpt import Attention
     torch.manual_seed(0)
     cfg = tiny(diff_attn=True, positions="none")
     attn = Attention(cfg, layer=2)
@@ -463,7 +463,7 @@ def test_window_models_read_exactly_their_window(family):
 
 
 def test_window_model_with_cache_matches_full_pass():
-    from lmgolf.model import KVCache
+    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(family="mlp", window=4, bos_id=0)
     model = GPT(cfg).eval()
@@ -481,7 +481,7 @@ def test_linear_family_is_linear_in_the_window_embeddings():
 
 
 def test_swiglu_matches_a_reference_and_gelu_parameters():
-    from lmgolf.model import MLP
+    from lmgolf.model.gpt import MLP
     torch.manual_seed(0)
     cfg = tiny(mlp="swiglu")
     mlp = MLP(cfg)

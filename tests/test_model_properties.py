@@ -8,9 +8,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lmgolf.config import ModelConfig
-from lmgolf.count import count_module
+from lmgolf.model.count import count_module
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT
+from lmgolf.model.gpt import GPT
 
 
 @st.composite

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from lmgolf import pack as packing
-from lmgolf.artifact import load_artifact
+from lmgolf.packing import writer as packing
+from lmgolf.packing.artifact import load_artifact
 from lmgolf.config import Config, ModelConfig, PackPolicy
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT
+from lmgolf.model.gpt import GPT
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
@@ -39,7 +39,7 @@ def output_error(model, restored):
 
 @pytest.mark.parametrize("calibration", ["train", "self"])
 def test_gptq_pack_loads_back_exactly_and_beats_round_to_nearest(tmp_path, calibration):
-    from lmgolf.tokenizers import train_tokenizer
+    from lmgolf.data.tokenizers import train_tokenizer
     model, cfg = tiny()
     policy = PackPolicy(min_quant_numel=256, default_storage="int3-row", gptq=True, gptq_calibration=calibration,
                         gptq_tokens=2048)
@@ -78,8 +78,8 @@ def test_pruning_zeroes_exactly_the_share_of_the_chosen_weights(scope):
 
 
 def test_lowrank_correction_is_stored_and_lowers_the_error(tmp_path):
-    from lmgolf.artifact import read_header
-    from lmgolf.tokenizers import train_tokenizer
+    from lmgolf.packing.artifact import read_header
+    from lmgolf.data.tokenizers import train_tokenizer
     model, cfg = tiny()
     plain = PackPolicy(min_quant_numel=256, default_storage="int3-row")
     corrected = PackPolicy(min_quant_numel=256, default_storage="int3-row", lowrank={"mlp": 4})
@@ -98,7 +98,7 @@ def test_lowrank_correction_is_stored_and_lowers_the_error(tmp_path):
 
 
 def test_report_has_compressed_bytes_per_group(tmp_path):
-    from lmgolf.tokenizers import train_tokenizer
+    from lmgolf.data.tokenizers import train_tokenizer
     model, cfg = tiny()
     report = packing.pack(model, cfg, train_tokenizer("byte", []), tmp_path / "m.lmg",
                           PackPolicy(min_quant_numel=256, group_storage={"mlp": "int4-row"}))

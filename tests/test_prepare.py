@@ -6,10 +6,11 @@ import stat
 import numpy as np
 import pytest
 
-from lmgolf.corpora import load_corpus
+from lmgolf.data.corpora import load_corpus
 from lmgolf.errors import LmgolfError
-from lmgolf.prepare import import_pg_shards, load_meta, prepare_data
-from lmgolf.shards import read_shard, write_pg_shard
+from lmgolf.data.meta import load_meta
+from lmgolf.data.prepare import import_pg_shards, prepare_data
+from lmgolf.data.shards import read_shard, write_pg_shard
 
 
 def utf8(text):
@@ -29,7 +30,7 @@ def hidden_entries(folder):
 
 def check_data_folder(out, corpus_arg, kind, val_fraction=0.1, seed=0):
     """Everything prepare promises about a data folder; returns (meta, tokenizer)."""
-    from lmgolf.tokenizers import load_tokenizer
+    from lmgolf.data.tokenizers import load_tokenizer
 
     meta = load_meta(out)
     corpus = load_corpus(corpus_arg, val_fraction=val_fraction, seed=seed)
@@ -84,7 +85,7 @@ def test_char_tokenizer_trained_on_train_split_only(tmp_path):
     prepare_data(str(corpus_file), "char", out, val_fraction=0.01, progress=False)
     meta, tokenizer = check_data_folder(out, str(corpus_file), "char", val_fraction=0.01)
     assert meta["counts"]["train"]["documents"] == meta["counts"]["val"]["documents"] == 1
-    from lmgolf.tokenizers import train_tokenizer
+    from lmgolf.data.tokenizers import train_tokenizer
 
     split = load_corpus(str(corpus_file), val_fraction=0.01)
     assert "zebras" in split.val[0] and "z" not in split.train[0]
@@ -93,7 +94,7 @@ def test_char_tokenizer_trained_on_train_split_only(tmp_path):
 
 
 def test_bpe_tokenizer_end_to_end(small_corpus, tmp_path):
-    pytest.importorskip("lmgolf.tokenizers")
+    pytest.importorskip("lmgolf.data.tokenizers")
     out = tmp_path / "data"
     prepare_data(str(small_corpus), "bpe", out, vocab_size=300, val_fraction=0.1, progress=False)
     meta, tokenizer = check_data_folder(out, str(small_corpus), "bpe")
@@ -117,7 +118,7 @@ def test_empty_corpus_leaves_nothing(tmp_path):
 
 
 def test_failure_while_writing_leaves_nothing_and_keeps_the_old_folder(small_corpus, tmp_path, monkeypatch):
-    import lmgolf.prepare as prepare
+    import lmgolf.data.prepare as prepare
 
     out = tmp_path / "data"
     prepare_data(str(small_corpus), "byte", out, val_fraction=0.1, progress=False)
@@ -209,7 +210,7 @@ def pg_stream(processor, documents):
 def test_import_pg_shards(pg_model, tmp_path):
     import sentencepiece as spm
 
-    from lmgolf.tokenizers import count_bytes_pg, sentencepiece_token_bytes
+    from lmgolf.data.tokenizers import count_bytes_pg, sentencepiece_token_bytes
 
     processor = spm.SentencePieceProcessor(model_file=str(pg_model))
     train_docs, val_docs = pg_documents(40, seed=1), pg_documents(12, seed=2)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lmgolf.config import PackPolicy
-from lmgolf.prune import apply_masks, lowrank_correction, magnitude_masks
+from lmgolf.packing.prune import apply_masks, lowrank_correction, magnitude_masks
 from lmgolf.quantize import STORAGES
 
 SHAPES = [(1, 1), (3, 7), (17, 129), (5,), (64, 65), (2, 3, 5)]

@@ -1,4 +1,4 @@
-"""QAT (lmgolf.qat): the forward pass equals the dequantized export's, eager and compiled; the switch
+"""QAT (lmgolf.training.qat): the forward pass equals the dequantized export's, eager and compiled; the switch
 survives torch.compile; gradients are straight-through; training switches it on at the chosen point."""
 
 import json
@@ -8,17 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lmgolf.qat as qat_module
-import lmgolf.train as train_module
-from lmgolf.artifact import load_artifact
-from lmgolf.checkpoint import load_model, read_state
+import lmgolf.training.qat as qat_module
+import lmgolf.training.trainer as train_module
+from lmgolf.packing.artifact import load_artifact
+from lmgolf.training.checkpoint import load_model, read_state
 from lmgolf.config import ModelConfig, PackPolicy, TrainConfig, load_config
-from lmgolf.data import DataFolder
-from lmgolf.evaluate import evaluate
-from lmgolf.model import GPT
-from lmgolf.pack import dequantized_state_dict, pack
-from lmgolf.qat import QAT, qat_due, qat_targets
-from lmgolf.train import train
+from lmgolf.data.folder import DataFolder
+from lmgolf.eval.evaluate import evaluate
+from lmgolf.model.gpt import GPT
+from lmgolf.packing.policy import storages_for
+from lmgolf.packing.writer import dequantized_state_dict, pack
+from lmgolf.training.qat import QAT, qat_due, qat_targets
+from lmgolf.training.trainer import train
 
 CFG = ModelConfig(vocab_size=64, n_layer=2, d_model=32, n_head=2, context=16)
 POLICY = PackPolicy(min_quant_numel=256, clip="std", clip_k=2.5,  # clip="std" so that clipping happens
@@ -48,7 +49,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_targets_cover_every_tensor_with_its_export_storage():
     model = tiny_model()
     targets = qat_targets(model, POLICY)
-    assert targets == {name: POLICY.storage_for(name, t) for name, t in model.state_dict().items()}
+    assert targets == storages_for(POLICY, model.state_dict())
     assert set(targets.values()) == {"int6-row", "int4-row", "ternary", "fp8-row", "fp16"}
 
 
@@ -142,7 +143,7 @@ def test_snaps_follow_weight_updates(reuse):
         p.grad = torch.ones_like(p)
     opt.step()
     if reuse:
-        wrapper.invalidate()  # as lmgolf.train does after every optimizer step
+        wrapper.invalidate()  # as lmgolf.training.trainer does after every optimizer step
     with torch.no_grad():
         assert close(wrapper(x), export_model(model)(x))
 
@@ -188,7 +189,7 @@ TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.context=
 
 
 def spy_on_snaps(monkeypatch) -> list:
-    """The loop step (0-based, None before the loop) of every snap; lmgolf.train calls set_lr once a step."""
+    """The loop step (0-based, None before the loop) of every snap; lmgolf.training.trainer calls set_lr once a step."""
     loop, snaps = {"step": None}, []
     set_lr, snap_tensor = train_module.set_lr, qat_module.snap_tensor
 

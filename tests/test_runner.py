@@ -7,13 +7,14 @@ import sys
 import pytest
 import torch
 
-from lmgolf.artifact import PackPolicy, load_artifact
-from lmgolf.pack import code_bytes, pack
+from lmgolf.config import PackPolicy
+from lmgolf.packing.artifact import load_artifact
+from lmgolf.packing.writer import code_bytes, pack
 from lmgolf.config import Config, ModelConfig
-from lmgolf.data import DataFolder
-from lmgolf.evaluate import evaluate
-from lmgolf.model import GPT
-from lmgolf.runner import runner_source, write_runner
+from lmgolf.data.folder import DataFolder
+from lmgolf.eval.evaluate import evaluate
+from lmgolf.model.gpt import GPT
+from lmgolf.packing.runner import runner_source, write_runner
 
 
 @pytest.fixture(scope="module")

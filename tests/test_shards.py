@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lmgolf.errors import LmgolfError
-from lmgolf.shards import (HEADER_SIZE, ShardWriter, read_pg_shard, read_shard, write_pg_shard, write_shard)
+from lmgolf.data.shards import (HEADER_SIZE, ShardWriter, read_pg_shard, read_shard, write_pg_shard, write_shard)
 
 FINGERPRINT = hashlib.sha256(b"tokenizer A").hexdigest()
 OTHER_FINGERPRINT = hashlib.sha256(b"tokenizer B").hexdigest()

@@ -1,4 +1,4 @@
-"""lmgolf.tokenizers: exact bytes for every kind, round trips, fingerprints, errors, Parameter Golf's byte rule."""
+"""lmgolf.data.tokenizers: exact bytes for every kind, round trips, fingerprints, errors, Parameter Golf's byte rule."""
 
 import json
 import os
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmgolf import tokenizers as tk
+from lmgolf.data import tokenizers as tk
 from lmgolf.errors import LmgolfError
-from lmgolf.tokenizers import (count_bytes_pg, load_tokenizer, sentencepiece_token_bytes, tokenizer_from_files,
+from lmgolf.data.tokenizers import (count_bytes_pg, load_tokenizer, sentencepiece_token_bytes, tokenizer_from_files,
                                train_tokenizer)
 
 KINDS = ("byte", "char", "word", "gpt2", "bpe", "unigram", "sentencepiece")

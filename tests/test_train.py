@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-from lmgolf.checkpoint import load_model, read_state
+from lmgolf.training.checkpoint import load_model, read_state
 from lmgolf.config import load_config
 from lmgolf.errors import LmgolfError
-from lmgolf.train import train
+from lmgolf.training.trainer import train
 
 TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.context=32", "train.batch_tokens=256",
         "train.micro_batch=4", "train.log_every=1", "train.dtype=fp32", "train.eval_tokens=512"]
@@ -62,7 +62,7 @@ def test_nan_loss_stops_with_intact_checkpoint(byte_data, tmp_path):
             with torch.no_grad():
                 holder["model"].tok_emb.weight.fill_(float("nan"))
 
-    import lmgolf.train as train_module
+    import lmgolf.training.trainer as train_module
     original = train_module.GPT
 
     def capture(cfg):

@@ -22,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lmgolf import __version__
-from lmgolf.corpora import DATA_DIR_ENV, Corpus, load_corpus
+from lmgolf.version import __version__
+from lmgolf.data.meta import DATA_FORMAT, DATA_FORMAT_VERSION
+from lmgolf.data.corpora import DATA_DIR_ENV, Corpus, load_corpus
 from lmgolf.errors import LmgolfError
 from lmgolf.progress import progress_bar
 from lmgolf.runfiles import atomic_write_text, sha256_file, use_default_permissions
-from lmgolf.shards import ShardWriter, dtype_for_vocab, read_pg_shard, write_shard
+from lmgolf.data.shards import ShardWriter, dtype_for_vocab, read_pg_shard, write_shard
 
-DATA_FORMAT = "lmgolf-data"
-DATA_FORMAT_VERSION = 1
 UTF8_RULE = "utf-8"
 PG_RULE = "parameter-golf piece table"
 TRAINED_KINDS = ("bpe", "unigram", "char", "word")
@@ -105,7 +104,7 @@ def gpt2_files_dir(data_dir: str | Path | None) -> Path | None:
 
 def make_tokenizer(kind: str, corpus: Corpus, vocab_size, tokenizer_model, data_dir):
     """The tokenizer for the data folder; trained kinds learn from the train split only."""
-    from lmgolf.tokenizers import train_tokenizer
+    from lmgolf.data.tokenizers import train_tokenizer
 
     return train_tokenizer(kind, corpus.train, vocab_size=vocab_size, gpt2_dir=gpt2_files_dir(data_dir),
                            model_file=tokenizer_model)
@@ -219,7 +218,7 @@ def check_pg_tokens(path: Path, tokens: np.ndarray, tokenizer, first: bool) -> N
 
 def pg_byte_counts(tokenizer, tables, tokens: np.ndarray, previous: int | None) -> np.ndarray:
     """Parameter Golf's bytes per token; `previous` is the token before this stretch (None at the start)."""
-    from lmgolf.tokenizers import count_bytes_pg
+    from lmgolf.data.tokenizers import count_bytes_pg
 
     if previous is None:
         return np.asarray(count_bytes_pg(tokens, tables), dtype=np.int64)
@@ -264,7 +263,7 @@ def import_pg_shards(train_glob: str, val_glob: str, model_file: str | Path, out
 
     Tokens are copied as they are (already BOS-delimited); val bytes follow Parameter Golf's piece-table rule.
     """
-    from lmgolf.tokenizers import sentencepiece_token_bytes, train_tokenizer
+    from lmgolf.data.tokenizers import sentencepiece_token_bytes, train_tokenizer
 
     out = Path(out)
     check_output(out, overwrite)
@@ -287,73 +286,3 @@ def import_pg_shards(train_glob: str, val_glob: str, model_file: str | Path, out
 
 def shard_source(path: Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-
-
-# ---------------------------------------------------------------- reading meta.json
-
-REQUIRED_FIELDS = {
-    "format": str,
-    "format_version": int,
-    "corpus": dict,
-    "tokenizer": dict,
-    "tokenizer.kind": str,
-    "tokenizer.vocab_size": int,
-    "tokenizer.bos_id": int,
-    "tokenizer.fingerprint": str,
-    "tokenizer.lossy": bool,
-    "counts": dict,
-    "counts.train.documents": int,
-    "counts.train.tokens": int,
-    "counts.train.bytes": int,
-    "counts.val.documents": int,
-    "counts.val.tokens": int,
-    "counts.val.bytes": int,
-}
-
-
-def field_value(meta: dict, dotted: str):
-    value = meta
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            raise KeyError(dotted)
-        value = value[key]
-    return value
-
-
-def check_meta(path: Path, meta) -> None:
-    if not isinstance(meta, dict):
-        raise LmgolfError(f"{path}: not a JSON object")
-    for dotted, kind in REQUIRED_FIELDS.items():
-        try:
-            value = field_value(meta, dotted)
-        except KeyError:
-            raise LmgolfError(f"{path}: field {dotted}: missing") from None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise LmgolfError(f"{path}: field {dotted}: expected {kind.__name__}, got {value!r}")
-    if meta["format"] != DATA_FORMAT:
-        raise LmgolfError(f"{path}: field format: expected {DATA_FORMAT!r}, got {meta['format']!r}")
-    if meta["format_version"] > DATA_FORMAT_VERSION:
-        raise LmgolfError(f"{path}: field format_version: {meta['format_version']} is newer than this lmgolf "
-                          f"reads ({DATA_FORMAT_VERSION})")
-    fingerprint = meta["tokenizer"]["fingerprint"]
-    if len(fingerprint) != 64 or any(char not in "0123456789abcdef" for char in fingerprint):
-        raise LmgolfError(f"{path}: field tokenizer.fingerprint: expected 64 lowercase hex characters")
-    if meta["tokenizer"]["vocab_size"] < 1:
-        raise LmgolfError(f"{path}: field tokenizer.vocab_size: must be positive")
-
-
-def load_meta(data_dir: str | Path) -> dict:
-    """A data folder's meta.json, checked."""
-    path = Path(data_dir) / "meta.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LmgolfError(f"{path}: missing; not an lmgolf data folder (make one with `lmgolf data prepare`)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise LmgolfError(f"{path}: cannot read ({error})") from None
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise LmgolfError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
-    check_meta(path, meta)
-    return meta

@@ -10,15 +10,16 @@ import shutil
 import time
 from pathlib import Path
 
-from lmgolf.artifact import PackPolicy, load_artifact
-from lmgolf.pack import pack
-from lmgolf.checkpoint import load_model
+from lmgolf.config import PackPolicy
+from lmgolf.packing.artifact import load_artifact
+from lmgolf.packing.writer import pack
+from lmgolf.training.checkpoint import load_model
 from lmgolf.config import load_config
-from lmgolf.data import DataFolder
-from lmgolf.evaluate import evaluate
-from lmgolf.generate import generate
-from lmgolf.prepare import prepare_data
-from lmgolf.train import train
+from lmgolf.data.folder import DataFolder
+from lmgolf.eval.evaluate import evaluate
+from lmgolf.serve.generate import generate
+from lmgolf.data.prepare import prepare_data
+from lmgolf.training.trainer import train
 
 
 def run_demo(out: str | Path = "runs/demo", time_budget: float = 240.0, corpus: str = "stdlib-docs",

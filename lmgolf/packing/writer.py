@@ -6,7 +6,7 @@ For each tensor, in order:
   3. the weights are rounded onto the grid: plainly, or with GPTQ when a Hessian exists for the
      tensor (pack.gptq; calibration on training tokens or on text the model samples itself);
   4. low-rank correction (pack.lowrank): A @ B (fp16) of the remaining error, added back on load.
-Only lmgolf.artifact is needed to read the result; this module is not part of the runner file.
+Only lmgolf.packing.artifact is needed to read the result; this module is not part of the runner file.
 """
 
 from __future__ import annotations
@@ -18,20 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmgolf import __version__
-from lmgolf.artifact import (BUDGET, CODECS, FORMAT_VERSION, Packed, container, encode_payload, layout,
+from lmgolf.version import __version__
+from lmgolf.packing.artifact import (BUDGET, FORMAT_VERSION, Packed, container, encode_payload, layout,
                              policy_header, read_tensors, split_payload, tokenizer_header)
+from lmgolf.codecs import CODECS
 from lmgolf.config import Config, PackPolicy
-from lmgolf.count import GROUPS, parameter_group
+from lmgolf.params import GROUPS, parameter_group
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT
+from lmgolf.model.gpt import GPT
+from lmgolf.packing.policy import export_rows, prune_masks, storage_for, storages_for
 from lmgolf.quantize import STORAGES, as_rows
 from lmgolf.runfiles import atomic_write_bytes
 
 
 def calibrate(model: GPT, policy: PackPolicy, train_tokens: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """GPTQ Hessians of every matrix the policy quantizes, from training tokens or self-generated text."""
-    from lmgolf.gptq import calibration_batches, collect_hessians, self_generated_batches
+    from lmgolf.packing.gptq import calibration_batches, collect_hessians, self_generated_batches
     context = model.cfg.context
     if policy.gptq_calibration == "train":
         if train_tokens is None:
@@ -41,13 +43,13 @@ def calibrate(model: GPT, policy: PackPolicy, train_tokens: np.ndarray | None = 
         if model.cfg.bos_id is None:
             raise LmgolfError("config field pack.gptq_calibration: self-generated text needs model.bos_id")
         batches = self_generated_batches(model, policy.gptq_tokens, context, model.cfg.bos_id)
-    names = {n for n, t in model.state_dict().items() if STORAGES[policy.storage_for(n, t)].quantizer}
+    names = {n for n, t in model.state_dict().items() if STORAGES[storage_for(policy, n, t)].quantizer}
     return collect_hessians(model, batches, names)
 
 
 def quantize_model(model: GPT, policy: PackPolicy, hessians: dict[str, torch.Tensor] | None = None) -> list[Packed]:
     state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
-    return quantize_state(state, policy, {name: policy.storage_for(name, w) for name, w in state.items()}, hessians)
+    return quantize_state(state, policy, storages_for(policy, state), hessians)
 
 
 def quantize_state(state: dict[str, torch.Tensor], policy: PackPolicy, storages: dict[str, str],
@@ -64,43 +66,6 @@ def quantize_state(state: dict[str, torch.Tensor], policy: PackPolicy, storages:
         except ValueError as e:
             raise LmgolfError(f"tensor {name}: cannot store as {storages[name]}: {e}") from None
     return packed
-
-
-def pruned_names(names, storages: dict[str, str], policy: PackPolicy) -> list[str]:
-    """The tensors pack.prune prunes, in the given order: those prune_targets names, else every
-    tensor in a quantizer storage."""
-    if not policy.prune:
-        return []
-    return [n for n in names if (policy.targets(n, policy.prune_targets) if policy.prune_targets
-                                 else STORAGES[storages[n]].quantizer)]
-
-
-def prune_masks(state: dict[str, torch.Tensor], storages: dict[str, str], policy: PackPolicy) -> dict[str, torch.Tensor]:
-    """Keep masks (rows views) of the pruned tensors among `state`, chosen over them in their order."""
-    from lmgolf.prune import magnitude_masks
-    chosen = pruned_names(state, storages, policy)
-    return magnitude_masks({n: as_rows(state[n]) for n in chosen}, policy.prune, policy.prune_scope) if chosen else {}
-
-
-def export_rows(name: str, w: torch.Tensor, storage: str, policy: PackPolicy, keep: torch.Tensor | None = None,
-                hessian: torch.Tensor | None = None):
-    """A tensor's export before encoding (steps 1-4 of the module docstring): (grid, snapped rows view,
-    low-rank factors (A, B) or None). QAT uses it too, so training sees exactly what packing stores."""
-    rows = as_rows(w)
-    pruned = rows if keep is None else torch.where(keep, rows, torch.zeros_like(rows))
-    grid = STORAGES[storage].grid(pruned.reshape(w.shape), policy)
-    quantizer = STORAGES[storage].quantizer
-    if hessian is not None and quantizer:
-        from lmgolf.gptq import gptq_quantize
-        snapped = gptq_quantize(rows, hessian, grid, policy.gptq_block, policy.gptq_damp, keep=keep)
-    else:
-        snapped = grid.snap(pruned, slice(None))
-    rank = next((r for key, r in policy.lowrank.items() if policy.targets(name, [key])), 0)
-    lowrank = None
-    if rank and quantizer and w.ndim == 2:
-        from lmgolf.prune import lowrank_correction
-        lowrank = lowrank_correction(rows - snapped, rank)
-    return grid, snapped, lowrank
 
 
 def _quantize_tensor(name: str, w: torch.Tensor, storage: str, policy: PackPolicy, keep: torch.Tensor | None,
@@ -123,8 +88,8 @@ def dequantized_state_dict(model: GPT, policy: PackPolicy = PackPolicy(),
 
 
 def code_bytes(runner: str = "plain") -> int:
-    """The code bytes the challenge counts: the size of the runner file (lmgolf.runner), plain or compressed."""
-    from lmgolf.runner import runner_bytes
+    """The code bytes the challenge counts: the size of the runner file (lmgolf.packing.runner), plain or compressed."""
+    from lmgolf.packing.runner import runner_bytes
     return runner_bytes(runner)
 
 

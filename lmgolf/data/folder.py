@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from lmgolf.errors import LmgolfError
-from lmgolf.prepare import load_meta
-from lmgolf.shards import read_shard
-from lmgolf.tokenizers import Tokenizer, load_tokenizer
+from lmgolf.data.meta import load_meta
+from lmgolf.data.shards import read_shard
+from lmgolf.data.tokenizers import Tokenizer, load_tokenizer
 
 
 class DataFolder:

@@ -14,32 +14,8 @@ import torch
 from torch import nn
 
 from lmgolf.config import ModelConfig
-from lmgolf.model import GPT, MoE
-
-GROUPS = ("embedding", "bigram", "positions", "attention", "ssm", "mlp", "norms", "scales", "skips", "head")
-
-
-def parameter_group(name: str) -> str:
-    if name.startswith(("tok_emb", "emb_proj")):
-        return "embedding"
-    if name.startswith("bigram"):
-        return "bigram"
-    if name.startswith("pos_emb"):
-        return "positions"
-    if name.startswith("head"):
-        return "head"
-    if name.startswith("skip_weights"):
-        return "skips"
-    if ".ssm." in name:
-        return "ssm"
-    if ".attn." in name and not name.endswith(("q_gain", "v_mix")):
-        return "attention"
-    if ".mlp." in name:
-        return "mlp"
-    if "norm" in name:
-        return "norms"
-    return "scales"  # learned gains, gates, output scales, residual mixes
-
+from lmgolf.model.gpt import GPT, MoE
+from lmgolf.params import GROUPS, parameter_group
 
 @dataclass
 class ModelCount:

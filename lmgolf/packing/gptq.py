@@ -69,7 +69,7 @@ def self_generated_batches(model: nn.Module, n_tokens: int, context: int, bos_id
     temperature 1 with no top-k/top-p (the model's own distribution), `batch` sequences decoded together
     with a KV cache. The context is capped at the model's. Returns CPU LongTensors [B, context],
     reproducible with `seed` on a given device."""
-    from lmgolf.model import KVCache
+    from lmgolf.model.gpt import KVCache
     if n_tokens < 1 or context < 1 or batch < 1:
         raise ValueError("n_tokens, context and batch must be >= 1")
     context = min(context, model.cfg.context)
@@ -162,7 +162,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, grid, block: int = 128
 
     block: columns per lazy batch update (the result does not depend on it, up to float rounding).
     damp: dampening as a share of the mean Hessian diagonal. act_order: columns by decreasing H_ii.
-    keep: optional boolean mask of w's shape (lmgolf.prune); entries it drops become exactly 0 and their
+    keep: optional boolean mask of w's shape (lmgolf.packing.prune); entries it drops become exactly 0 and their
     error is spread over the remaining columns like any rounding error (SparseGPT with a fixed mask)."""
     if w.ndim != 2:
         raise ValueError(f"expected the 2-D rows view, got shape {list(w.shape)}")

@@ -4,7 +4,7 @@ The stream is walked in chunks of `chunk` targets. For each chunk the model FIRS
 (no gradients, with the usual sliding-window context from earlier tokens), and only THEN takes `steps`
 optimizer steps of next-token loss on those same windows, i.e. on targets it has already been charged for.
 So the weights that score target t were trained only on targets before t's chunk: every score still depends
-only on earlier tokens. Scores come from `lmgolf.evaluate.window_nats` (the shared log-softmax), each target
+only on earlier tokens. Scores come from `lmgolf.eval.evaluate.window_nats` (the shared log-softmax), each target
 once.
 
 What learns: `optimizer="sgd"`: every weight, plain SGD with momentum; `optimizer="lora"`: only low-rank
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from lmgolf.errors import LmgolfError
-from lmgolf.evaluate import (EvalResult, Tally, Window, batches, check_stride, default_batch_size, document_spans,
+from lmgolf.eval.evaluate import (EvalResult, Tally, Window, batches, check_stride, default_batch_size, document_spans,
                              resolve_bos, result_from, span_plan, window_nats)
-from lmgolf.model import MLP, Attention
+from lmgolf.model.gpt import MLP, Attention
 from lmgolf.progress import progress_bar
 
 

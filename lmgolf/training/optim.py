@@ -1,7 +1,8 @@
 """Optimizers and the learning-rate schedule.
 
-`muon`: Muon (momentum, then Newton-Schulz orthogonalization of the update) for the 2-D matrices
-inside the blocks; Adam for the embedding, an untied head, and every gain, scale and bias.
+`muon`: Muon (momentum, then Newton-Schulz orthogonalization of the update) for the weights of linear
+maps; Adam for the lookup tables, an untied head, and every gain, scale, bias and gate. Each parameter's
+role comes from lmgolf.params.
 `adamw`: AdamW for everything, with weight decay on matrices only (nanoGPT's split).
 """
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from lmgolf.config import TrainConfig
+from lmgolf.params import ROLES, classify
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -61,16 +63,16 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, ns_dtype: torch.dtype =
         no_decay = [p for _, p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return [torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, **fused)]
-    matrices = [p for n, p in params if p.dim() == 2 and n.startswith("blocks.") and n.endswith(".weight")]
-    embeds = [p for n, p in params if n.startswith(("tok_emb", "pos_emb", "bigram.table"))]
-    head = [p for n, p in params if n.startswith("head")]
-    chosen = {id(p) for p in matrices + embeds + head}
-    scalars = [p for _, p in params if id(p) not in chosen]
-    adam_groups = [{"params": ps, "lr": lr} for ps, lr in ((embeds, cfg.embed_lr), (head, cfg.head_lr), (scalars, cfg.scalar_lr)) if ps]
-    return [
-        torch.optim.Adam(adam_groups, betas=betas, eps=1e-10, **fused),
-        Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype),
-    ]
+    by_role = {role: [] for role in ROLES}
+    for name, p in params:
+        by_role[classify(name).role].append(p)
+    lrs = {"embedding": cfg.embed_lr, "head": cfg.head_lr, "scalar": cfg.scalar_lr}
+    adam_groups = [{"params": by_role[role], "lr": lr} for role, lr in lrs.items() if by_role[role]]
+    optimizers = [torch.optim.Adam(adam_groups, betas=betas, eps=1e-10, **fused)] if adam_groups else []
+    if by_role["matrix"]:
+        optimizers.append(Muon(by_role["matrix"], lr=cfg.matrix_lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, ns_dtype=ns_dtype))
+    return optimizers
 
 
 def lr_multiplier(progress: float, cfg: TrainConfig) -> float:

@@ -9,7 +9,7 @@ Payload: u32 little-endian header length | UTF-8 JSON header | raw little-endian
 
 Each tensor is kept in a named *storage* (lmgolf.quantize.STORAGES): blobs + meta -> float32 weights.
 A tensor may also carry a low-rank correction (blobs lowrank_a, lowrank_b) added on load. This module
-reads and checks artifacts and holds the format's building blocks; lmgolf.pack writes them.
+reads and checks artifacts and holds the format's building blocks; lmgolf.packing.writer writes them.
 """
 
 from __future__ import annotations
@@ -17,78 +17,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import lzma
 import struct
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import zstandard
 
-from lmgolf.config import Config, PackPolicy, missing_codec_message  # noqa: F401 (PackPolicy: re-exported)
+from lmgolf.codecs import CODECS, OPTIONAL_CODECS, codec_by_id, missing_codec_message
+from lmgolf.config import Config, PackPolicy
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT
+from lmgolf.model.gpt import GPT
 from lmgolf.quantize import STORAGES, shuffle_bytes, unshuffle_bytes
-
-try:
-    import brotli
-except ImportError:  # optional: the brotli codec is offered only where the package is installed
-    brotli = None
 
 FORMAT_VERSION = 1
 MAGIC = b"LMGOLF\x00"
 PREAMBLE = len(MAGIC) + 1 + 1 + 32  # magic, version, codec id, sha256
 BUDGET = 16_000_000  # the Parameter Golf limit: decimal bytes of artifact plus code
-
-# The lmgolf source files needed to load an artifact and score it (their imports included), which the
-# runner file bundles; tests/test_artifact.py checks that this set is closed under lmgolf imports.
-# Writing an artifact (lmgolf.pack: GPTQ, pruning, the report) is not needed to score it.
-CODE_FILES = ("__init__.py", "errors.py", "runfiles.py", "config.py", "model.py", "count.py", "tokenizers.py",
-              "artifact.py", "quantize.py", "evaluate.py", "device.py", "progress.py", "shards.py")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Codecs
-
-
-def _checked(decompress: Callable[[bytes], bytes], *errors: type[Exception]) -> Callable[[bytes], bytes]:
-    """The decompressor, raising ValueError on corrupt input whatever the library raises."""
-    def run(data: bytes) -> bytes:
-        try:
-            return decompress(data)
-        except errors as e:
-            raise ValueError(e) from None
-    return run
-
-
-@dataclass(frozen=True)
-class Codec:
-    id: int
-    compress: Callable[[bytes], bytes]
-    decompress: Callable[[bytes], bytes]  # raises ValueError on corrupt input
-
-
-CODECS = {
-    "zlib": Codec(1, lambda b: zlib.compress(b, 9), _checked(zlib.decompress, zlib.error)),
-    "lzma": Codec(2, lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), _checked(lzma.decompress, lzma.LZMAError)),
-    "zstd": Codec(3, lambda b: zstandard.ZstdCompressor(level=22).compress(b),
-                  _checked(lambda b: zstandard.ZstdDecompressor().decompress(b), zstandard.ZstdError)),
-}
-OPTIONAL_CODECS = {"brotli": 4}  # name -> id, for the message when the package is missing
-if brotli is not None:  # window 2^24: a whole 16 MB payload can refer back to its start
-    CODECS["brotli"] = Codec(4, lambda b: brotli.compress(b, quality=11, lgwin=24), _checked(brotli.decompress, brotli.error))
-
-
-def _codec_by_id(codec_id: int) -> tuple[str, Codec] | None:
-    return next(((name, c) for name, c in CODECS.items() if c.id == codec_id), None)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Policy and storages
-
 
 BLOB_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
                "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -203,16 +148,6 @@ def _is_int_list(x: object) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Code files
-
-
-def code_files() -> list[Path]:
-    """The lmgolf source files that the runner file bundles (those that exist in this checkout)."""
-    package = Path(__file__).parent
-    return [package / name for name in CODE_FILES if (package / name).is_file()]
-
-
-# ---------------------------------------------------------------------------------------------------
 # Pack and load
 
 
@@ -243,7 +178,7 @@ def read_payload(path: Path) -> tuple[bytes, str]:
     version, codec_id = data[len(MAGIC)], data[len(MAGIC) + 1]
     if version != FORMAT_VERSION:
         raise LmgolfError(f"{path}: artifact format version {version}, this lmgolf reads version {FORMAT_VERSION}")
-    found = _codec_by_id(codec_id)
+    found = codec_by_id(codec_id)
     missing = next((name for name, i in OPTIONAL_CODECS.items() if i == codec_id), None)
     if found is None and missing:
         raise LmgolfError(f"{path}: {missing_codec_message(missing)}")
@@ -269,7 +204,7 @@ def read_header(path: str | Path) -> dict:
 
 
 def _load_tokenizer(info: object, path: Path):
-    from lmgolf.tokenizers import tokenizer_from_files
+    from lmgolf.data.tokenizers import tokenizer_from_files
     if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
         raise LmgolfError(f"{path}: header field 'tokenizer' missing or malformed")
     try:

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT, KVCache
+from lmgolf.model.gpt import GPT, KVCache
 
 
 def _check_args(prompt_ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,

@@ -1,7 +1,8 @@
 """The runner file: one self-contained Python file that loads an artifact and scores it.
 
 Parameter Golf counts the bytes of the code that turns the artifact into a score. lmgolf counts a
-single file that holds the lmgolf sources it needs (artifact.CODE_FILES) and a small `main`:
+single file that holds a small `main` and the lmgolf modules it needs: the closure of main's imports
+(lmgolf.sources.closure), so nothing else is bundled and nothing it needs is left out:
 
     python runner.py ARTIFACT DATA_FOLDER [--stride N] [--max-tokens N]
 
@@ -19,7 +20,9 @@ import base64
 import lzma
 from pathlib import Path
 
-from lmgolf import __version__
+from lmgolf.runfiles import atomic_write_bytes
+from lmgolf.sources import closure, is_package, module_file
+from lmgolf.version import __version__
 
 RUNNER_KINDS = ("plain", "compressed")
 
@@ -32,14 +35,15 @@ class _Bundled(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def find_spec(self, name, path=None, target=None):
         if name in SOURCES:
-            return importlib.util.spec_from_loader(name, self, is_package=name == "lmgolf")
+            return importlib.util.spec_from_loader(name, self, is_package=name in PACKAGES)
         return None
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module):
-        module.__file__ = "<runner>/" + module.__name__.replace(".", "/") + ".py"
+        tail = "/__init__.py" if module.__name__ in PACKAGES else ".py"
+        module.__file__ = "<runner>/" + module.__name__.replace(".", "/") + tail
         exec(compile(SOURCES[module.__name__], module.__file__, "exec"), module.__dict__)
 
 
@@ -59,9 +63,9 @@ def main(argv=None):
     parser.add_argument("--max-tokens", type=int, default=None)
     args = parser.parse_args(argv)
     try:
-        from lmgolf.artifact import load_artifact
-        from lmgolf.evaluate import evaluate
-        from lmgolf.shards import read_shard
+        from lmgolf.packing.artifact import load_artifact
+        from lmgolf.eval.evaluate import evaluate
+        from lmgolf.data.shards import read_shard
         model, cfg, tokenizer, info = load_artifact(args.artifact)
         data = Path(args.data)
         tokens = read_shard(data / "val.bin", expect_fingerprint=tokenizer.fingerprint, expect_kind="tokens")
@@ -85,13 +89,13 @@ if __name__ == "__main__":
 '''
 
 
+def bundled_modules() -> list[str]:
+    """The lmgolf modules the runner file holds: everything its main can import."""
+    return closure(_MAIN)
+
+
 def _sources() -> dict[str, str]:
-    from lmgolf.artifact import code_files
-    sources = {}
-    for path in code_files():
-        name = "lmgolf" if path.stem == "__init__" else f"lmgolf.{path.stem}"
-        sources[name] = path.read_text(encoding="utf-8")
-    return sources
+    return {name: module_file(name).read_text(encoding="utf-8") for name in bundled_modules()}
 
 
 def runner_source(kind: str = "plain") -> str:
@@ -99,7 +103,7 @@ def runner_source(kind: str = "plain") -> str:
     if kind not in RUNNER_KINDS:
         raise ValueError(f"runner kind {kind!r} is not one of {', '.join(RUNNER_KINDS)}")
     body = (f'"""lmgolf {__version__} runner: python runner.py ARTIFACT DATA_FOLDER [--stride N] [--max-tokens N]"""\n'
-            f"SOURCES = {_sources()!r}\n" + _FINDER + _MAIN)
+            f"SOURCES = {_sources()!r}\nPACKAGES = {sorted(n for n in bundled_modules() if is_package(n))!r}\n" + _FINDER + _MAIN)
     if kind == "plain":
         return body
     packed = base64.b85encode(lzma.compress(body.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME)).decode("ascii")
@@ -112,7 +116,6 @@ def runner_bytes(kind: str = "plain") -> int:
 
 def write_runner(path: str | Path, kind: str = "plain") -> int:
     """Writes the runner file atomically and returns its size in bytes."""
-    from lmgolf.runfiles import atomic_write_bytes
     data = runner_source(kind).encode("utf-8")
     atomic_write_bytes(path, data)
     return len(data)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from lmgolf.config import Config
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT
+from lmgolf.model.gpt import GPT
 from lmgolf.runfiles import atomic_write_text, sha256_file
 
 CHECKPOINT_DIR = "checkpoint"

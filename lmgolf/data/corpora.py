@@ -281,7 +281,7 @@ def find_corpus_folder(name: str, data_dir: str | Path | None) -> Path:
         if (root / name).is_dir():
             return root / name
     looked = ", ".join(str(root / name) for root in searched)
-    hint = " or fetch it (lmgolf.corpora.fetch_corpus)" if name in REMOTE_CORPORA else ""
+    hint = " or fetch it (lmgolf.data.corpora.fetch_corpus)" if name in REMOTE_CORPORA else ""
     raise LmgolfError(f"{name}: corpus folder not found (looked in {looked}); "
                       f"set --data-dir or {DATA_DIR_ENV} to the folder holding it{hint}")
 

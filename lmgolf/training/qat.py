@@ -1,8 +1,8 @@
 """Quantization-aware training: the forward pass sees the weights the artifact will hold.
 
 `QAT(model, policy)` wraps a GPT. While `enabled`, each tensor of the model's state dict is replaced in
-the forward pass by its export value, computed as lmgolf.pack computes it: the storage that
-`policy.storage_for(name, tensor)` picks (the fp16 storage of small tensors included, so the whole
+the forward pass by its export value, computed as lmgolf.packing.writer computes it: the storage that
+`storage_for(policy, name, tensor)` (lmgolf.packing.policy) picks (the fp16 storage of small tensors included, so the whole
 forward matches the export), magnitude pruning when pack.prune is set, the grid fixed from the current
 (pruned) weights by `STORAGES[storage].grid` (so the grids follow the weights every step, as a pack at
 that moment would fix them), `grid.snap` on the rows view, then the low-rank correction when
@@ -10,7 +10,7 @@ pack.lowrank names the tensor. Tensors whose export is the identity (fp32 storag
 alone. The straight-through estimator is written `q + (w - w.detach())`: its value is q itself, bit
 for bit (w - w.detach() is exactly 0), and its gradient with respect to w is the identity, so the
 weights get the gradient of the loss at the export weights. On the CPU the forward therefore equals
-the forward of a model loaded with `lmgolf.pack.dequantized_state_dict(model, policy)`; on CUDA the
+the forward of a model loaded with `lmgolf.packing.writer.dequantized_state_dict(model, policy)`; on CUDA the
 snap runs on the device (the export runs on the CPU): equal up to the order of reductions in clip rules
 such as "std" and in the low-rank SVD. Not covered: GPTQ (pack.gptq), whose error feedback needs
 calibration Hessians; the forward then shows round-to-nearest on the same grid.
@@ -25,8 +25,8 @@ keeps the aliases in step.
 The snapped values are computed eagerly, outside any compiled graph (`torch.compiler.disable`), with
 autocast off, by the quantizer code the export runs, at every forward by default. With `reuse=True`
 they are kept until `invalidate()` (or until a tensor's `_version` or storage changes), so the
-micro-batches of one step snap once: lmgolf.train invalidates after every optimizer step. The version
-counter alone would not do: fused optimizers (torch.optim.Adam(fused=True), which lmgolf.optim picks on
+micro-batches of one step snap once: lmgolf.training.trainer invalidates after every optimizer step. The version
+counter alone would not do: fused optimizers (torch.optim.Adam(fused=True), which lmgolf.training.optim picks on
 CUDA) update the weights in place without bumping it.
 
 The switch. A known pitfall: a compiled graph folded a Python flag read at trace time, and QAT never
@@ -38,7 +38,7 @@ branch to fold but must snap every weight at every step even while QAT is off. M
 thread (4 layers, d_model 256, 8 x 128 tokens, int5/int6 rows, percentile clip), a forward and backward
 while off took about 1.3x the plain model's time eager and 1.5-1.9x compiled (aot_eager); the guarded
 flag costs nothing while off (the plain model's graph) and one extra compilation at the switch, which
-lmgolf.train does before its clock starts.
+lmgolf.training.trainer does before its clock starts.
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ from torch.func import functional_call
 
 from lmgolf.config import PackPolicy, TrainConfig
 from lmgolf.errors import LmgolfError
-from lmgolf.optim import lr_multiplier
-from lmgolf.pack import export_rows, prune_masks, pruned_names
+from lmgolf.training.optim import lr_multiplier
+from lmgolf.packing.policy import export_rows, prune_masks, pruned_names, storage_for, storages_for
 
 
 def qat_targets(model: nn.Module, policy: PackPolicy) -> dict[str, str]:
     """State-dict name -> storage of each tensor whose export value differs from its float value
     (everything but unpruned fp32 storage), each shared tensor once, under its last name."""
     tensors = model.state_dict(keep_vars=True)
-    storages = {name: policy.storage_for(name, t) for name, t in tensors.items()}
+    storages = storages_for(policy, tensors)
     pruned = set(pruned_names(tensors, storages, policy))
     last: dict[int, str] = {}
     for name, t in tensors.items():
@@ -70,7 +70,7 @@ def qat_targets(model: nn.Module, policy: PackPolicy) -> dict[str, str]:
 def snap_tensor(name: str, w: torch.Tensor, storage: str, policy: PackPolicy,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
     """The export value of float32 w: pruned to `keep` (rows view), snapped onto its storage's grid,
-    plus the low-rank correction of the error (round to nearest; lmgolf.pack, without GPTQ)."""
+    plus the low-rank correction of the error (round to nearest; lmgolf.packing.writer, without GPTQ)."""
     try:
         _, snapped, lowrank = export_rows(name, w, storage, policy, keep)
     except ValueError as e:
@@ -93,7 +93,7 @@ class QAT(nn.Module):
         self.targets = qat_targets(model, policy)
         names = list(model.state_dict(keep_vars=True))
         self._owners = {name: _owner(model, name) for name in names}  # name -> (module, attribute)
-        self._storages = {name: policy.storage_for(name, self.tensor(name)) for name in names}
+        self._storages = {name: storage_for(policy, name, self.tensor(name)) for name in names}
         self._pruned = pruned_names(names, self._storages, policy)
         self._cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
 

@@ -33,12 +33,14 @@ from pathlib import Path
 
 import torch
 
-from lmgolf.artifact import CODECS, PREAMBLE, Packed, encode_payload, layout, tokenizer_header
+from lmgolf.codecs import CODECS
+from lmgolf.packing.artifact import PREAMBLE, Packed, encode_payload, layout, tokenizer_header
 from lmgolf.config import Config, ModelConfig, PackPolicy
-from lmgolf.count import count_config
+from lmgolf.model.count import count_config
 from lmgolf.errors import LmgolfError
-from lmgolf.model import GPT
-from lmgolf.pack import code_bytes, pack, quantize_state
+from lmgolf.model.gpt import GPT
+from lmgolf.packing.policy import storages_for
+from lmgolf.packing.writer import code_bytes, pack, quantize_state
 
 SEARCHES = ("depth", "width")
 
@@ -47,7 +49,7 @@ def estimate_packed_bytes(model: GPT, policy: PackPolicy, header: dict | None = 
                           sample_bytes: int = 8 << 20) -> int:
     """Estimated artifact bytes: exact header, blob section from whole sampled blocks."""
     state = {name: t.detach().float().cpu() for name, t in model.state_dict().items()}
-    storages = {name: policy.storage_for(name, w) for name, w in state.items()}
+    storages = storages_for(policy, state)
     units: dict[str, list[str]] = {}  # "blocks.i" -> its tensors; "" -> every tensor outside the blocks
     for name in state:
         units.setdefault(".".join(name.split(".")[:2]) if name.startswith("blocks.") else "", []).append(name)

@@ -2,7 +2,7 @@
 
 Elapsed training time counts only the training steps (not compilation, evaluation or checkpoints);
 it is saved in checkpoints, and rank 0's progress decides, on every rank, the learning rate, when QAT
-switches on (train.qat: lmgolf.qat, from qat_start or qat_lr_scale) and when the budget is spent.
+switches on (train.qat: lmgolf.training.qat, from qat_start or qat_lr_scale) and when the budget is spent.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from lmgolf.checkpoint import CHECKPOINT_DIR, restore_training, save_checkpoint
+from lmgolf.training.checkpoint import CHECKPOINT_DIR, restore_training, save_checkpoint
 from lmgolf.config import Config
-from lmgolf.count import count_module
-from lmgolf.data import DataFolder
+from lmgolf.model.count import count_module
+from lmgolf.data.folder import DataFolder
 from lmgolf.device import Dist, autocast, init_distributed, pick_device, pick_dtype, want_compile
 from lmgolf.errors import LmgolfError
-from lmgolf.evaluate import evaluate
-from lmgolf.loader import WindowSampler
-from lmgolf.model import GPT
-from lmgolf.optim import build_optimizers, lr_multiplier, set_lr
+from lmgolf.eval.evaluate import evaluate
+from lmgolf.data.loader import WindowSampler
+from lmgolf.model.gpt import GPT
+from lmgolf.training.optim import build_optimizers, lr_multiplier, set_lr
 from lmgolf.progress import MetricsLog, progress_bar
-from lmgolf.qat import QAT, qat_due
+from lmgolf.training.qat import QAT, qat_due
 from lmgolf.runfiles import atomic_write_text
 from lmgolf.runinfo import run_record
 
@@ -139,7 +139,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             break
         set_lr(optimizers, lr_multiplier(fraction, cfg.train))
         model.recurrence_on = fraction >= cfg.model.recur_start
-        if qat is not None:  # a guarded attribute, so compiled graphs follow it (lmgolf.qat)
+        if qat is not None:  # a guarded attribute, so compiled graphs follow it (lmgolf.training.qat)
             qat.enabled = qat_due(fraction, cfg.train)
             if qat.enabled and qat_step is None:
                 qat_step = step

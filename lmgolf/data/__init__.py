@@ -1,0 +1,1 @@
+"""Data: corpora, tokenizers, the token shard format, prepared data folders and the window sampler."""

@@ -1,0 +1,1 @@
+"""Using a model: sampling with a KV cache (and, later, the server)."""

@@ -1,0 +1,1 @@
+"""Studies over many runs or models: budget fitting and the demo (sweeps later)."""

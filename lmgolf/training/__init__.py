@@ -1,0 +1,1 @@
+"""Training: the budgeted loop, optimizers and schedule, checkpoints, and quantization-aware training."""
