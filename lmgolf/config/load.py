@@ -59,14 +59,19 @@ def pack_policy(base: PackPolicy, name: str | None = None, overrides: list[str] 
 
 def load_config(preset: str, overrides: list[str] = ()) -> Config:
     """A preset with `section.key=value` overrides (the section may be left out when the key is unique)."""
-    data = load_preset(preset).to_dict()
+    data = apply_overrides(load_preset(preset).to_dict(), overrides)
+    return Config.from_dict(data, source=f"preset {preset} with overrides")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A config dict (as Config.to_dict gives) with `section.key=value` items set in place, and returned."""
     for item in overrides:
         if "=" not in item:
             raise LmgolfError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         section, name = _locate(key.strip())
         data[section][name] = parse_value(raw)
-    return Config.from_dict(data, source=f"preset {preset} with overrides")
+    return data
 
 
 def _locate(key: str) -> tuple[str, str]:

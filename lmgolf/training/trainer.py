@@ -33,6 +33,7 @@ from lmgolf.model.gpt import GPT
 from lmgolf.training.optim import build_optimizers, lr_multiplier, set_lr
 from lmgolf.progress import MetricsLog, progress_bar
 from lmgolf.training.qat import QAT, qat_due
+from lmgolf.training.resume import check_resume
 from lmgolf.runfiles import atomic_write_text
 from lmgolf.runinfo import run_record
 
@@ -88,6 +89,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         raise LmgolfError(f"{out_dir}: a run is already there; pass --resume to continue it or choose another --out")
     if resume and not (out_dir / CHECKPOINT_DIR).exists():
         raise LmgolfError(f"{out_dir}: no checkpoint to resume from")
+    changes = check_resume(out_dir, cfg, data) if resume else {}  # refuses before anything is written
     plan = plan_batch(cfg, ddp.world_size)
 
     torch.manual_seed(cfg.train.seed)
@@ -98,9 +100,15 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         state = restore_training(out_dir, model, optimizers)
         step, elapsed = state["step"], state["elapsed"]
         qat_step = state.get("extra", {}).get("qat_step")
+        if qat_step is not None and not qat_due(budget_progress(cfg, step, elapsed), cfg.train):
+            qat_step = None  # a raised budget moved QAT's start later: it switches on again there
+        if ddp.is_main and changes:
+            cfg.save(out_dir / "config.json")
     elif ddp.is_main:
         _write_run_folder(out_dir, cfg, data, ddp, device, dtype)
     log = MetricsLog(out_dir / "metrics.jsonl" if ddp.is_main else None)
+    if resume:
+        log.write(step=step, resumed=True, elapsed=elapsed, changed={k: list(v) for k, v in changes.items()})
 
     qat = QAT(model, cfg.pack, reuse=True) if cfg.train.qat else None  # `model` keeps the weights and their names
     net = qat if qat is not None else model
