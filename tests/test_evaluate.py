@@ -26,17 +26,38 @@ def test_each_target_scored_exactly_once(n, context, stride):
     assert plan[0][2] == 1  # the first window's tokens count too
 
 
+def copy_stream(n: int, seed: int, period: int = 4, repeats: int = 6) -> np.ndarray:
+    """Random 4-token patterns, each repeated 6 times: a token is predictable only from 4 tokens back."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.tile(rng.integers(1, 32, size=period), repeats) for _ in range(n // 24 + 1)])[:n]
+
+
+def least_context(n: int, context: int, stride: int) -> int:
+    """The fewest input tokens any target after the first window is scored with."""
+    return min(j - start for start, end, first in window_plan(n, context, stride)
+               for j in range(max(first, context + 1), end + 1))
+
+
 def test_sliding_window_scores_tokens_with_more_context():
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=32, n_layer=1, d_model=16, n_head=2, context=8)
-    model = GPT(cfg)
-    tokens = np.random.default_rng(0).integers(1, 32, size=50)
-    tokens[0] = 0
-    nbytes = np.ones(50, dtype=np.int64)
+    model = GPT(ModelConfig(vocab_size=32, n_layer=1, d_model=32, n_head=2, context=8))
+    train, gen = torch.from_numpy(copy_stream(20000, 1)), torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):  # learns to copy from 4 tokens back: context now matters
+        x = torch.stack([train[s:s + 9] for s in torch.randint(0, len(train) - 9, (32,), generator=gen)])
+        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    tokens, nbytes = copy_stream(400, 2), np.ones(400, dtype=np.int64)
     nbytes[0] = 0
-    full = evaluate(model, tokens, nbytes, 8, progress=False)
-    slide = evaluate(model, tokens, nbytes, 8, stride=2, progress=False)
-    assert full.tokens == slide.tokens == 49 and full.bytes == slide.bytes == 49
+    assert least_context(400, 8, 8) == 1 and least_context(400, 8, 2) == 7  # a new window's first target: 1 or 7
+    full = evaluate(model, tokens, nbytes, 8, per_token=True, progress=False)
+    slide = evaluate(model, tokens, nbytes, 8, stride=2, per_token=True, progress=False)
+    assert full.tokens == slide.tokens == 399 and full.bytes == slide.bytes == 399
+    assert np.all(full.counts == 1) and np.all(slide.counts == 1)  # every target scored exactly once
+    assert slide.loss < 0.8 * full.loss  # more context, lower loss (about 1.4 against 2.3 nats)
     assert full.bpb == pytest.approx(full.loss / math.log(2))
 
 
@@ -270,8 +291,8 @@ def test_eval_modes_from_the_command_line(capsys, artifact, byte_data, flags):
     (("--mode", "ttt", "--ttt-momentum", "1"), "momentum"),
     (("--mode", "ttt", "--ttt-optimizer", "lora", "--lora-rank", "0"), "lora rank"),
     (("--mode", "ttt", "--lora-rank", "4"), "--ttt-optimizer lora"),
-    (("--ttt-steps", "2",), "need --mode ttt"),
-    (("--mode", "docs", "--ttt-reset-docs"), "need --mode ttt"),
+    (("--ttt-steps", "2",), "needs --mode ttt"),
+    (("--mode", "docs", "--ttt-reset-docs"), "needs --mode ttt"),
     (("--stride", "17"), "--stride"),
     (("--mode", "docs", "--stride", "0"), "--stride"),
     (("--max-tokens", "0"), "--max-tokens"),

@@ -55,12 +55,20 @@ def test_depth_search_finds_the_largest_that_fits():
 
 
 def test_width_variant_keeps_head_size_and_ratio():
-    cfg = load_config("pg-baseline").model  # 8 heads of 64, 4 key-value heads, mlp_hidden set
+    cfg = load_config("pg-baseline").model  # 8 heads of 64, 4 key-value heads, no explicit mlp_hidden
     wide = variant(cfg, "width", 6)
     assert (wide.n_head, wide.n_kv_head, wide.head_size, wide.d_model) == (12, 6, 64, 768)
-    if cfg.mlp_hidden:
-        assert wide.mlp_hidden == round(cfg.mlp_hidden * 1.5 / 8) * 8
+    assert wide.mlp_hidden is None  # mlp_mult still sizes the MLP
     wide.validate()
+
+
+def test_width_variant_scales_an_explicit_mlp_hidden_to_a_multiple_of_8():
+    cfg = load_config("pg-baseline", ["model.mlp_hidden=1020"]).model
+    wide, narrow = variant(cfg, "width", 6), variant(cfg, "width", 1)
+    assert (wide.d_model, wide.mlp_hidden) == (768, 1528)  # 1020 x 768/512 = 1530 -> 1528
+    assert (narrow.d_model, narrow.mlp_hidden) == (128, 256)  # 1020 x 128/512 = 255 -> 256
+    wide.validate()
+    narrow.validate()
 
 
 def test_fit_cli(capsys):
@@ -73,6 +81,31 @@ def test_fit_cli(capsys):
     assert err.startswith("lmgolf: error: fit: not even") and err.count("\n") == 1
     assert main(["fit", "--preset", "cpu-demo", "model.depth_pattern=0,1,0,1", "model.n_layer=2"]) == 2
     assert "depth_pattern" in capsys.readouterr().err
+
+
+def test_fit_cli_verifies_the_preset_without_a_data_folder(capsys):
+    from lmgolf.cli import main
+    assert main(["fit", "--preset", "cpu-demo", "--budget", "1500000"]) == 0
+    out = capsys.readouterr().out
+    assert "verified: packed" in out and "best: model.n_layer=2" in out
+
+
+def test_verify_without_a_tokenizer_packs_the_preset_as_configured(tmp_path):
+    from lmgolf.study.fit import StandInTokenizer, verify
+    cfg = load_config("cpu-demo")  # vocabulary 256: less than the byte tokenizer's 257
+    result = verify(fit(cfg, 1_500_000, "depth"), cfg, cfg.pack)
+    assert result.config.vocab_size == 256 and result.config.n_layer == 2
+    real = pack(sizing_model(result.config), dataclasses.replace(cfg, model=result.config), StandInTokenizer(256),
+                tmp_path / "m.lmg", allow_over_budget=True)
+    assert result.packed_bytes == real.artifact_bytes
+
+
+def test_a_tokenizer_sizes_the_model_with_its_vocabulary():
+    from lmgolf.study.fit import verify
+    cfg, tokenizer = load_config("cpu-demo"), train_tokenizer("byte", [])
+    result = verify(fit(cfg, 1_500_000, "depth", tokenizer=tokenizer), cfg, cfg.pack, tokenizer)
+    assert (result.config.vocab_size, result.config.bos_id) == (257, 256)  # as training builds it
+    assert result.packed_bytes is not None and result.packed_bytes + result.code_bytes <= result.budget
 
 
 def test_verify_steps_down_when_the_estimate_was_too_low():

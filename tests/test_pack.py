@@ -51,8 +51,29 @@ def test_gptq_pack_loads_back_exactly_and_beats_round_to_nearest(tmp_path, calib
     for name, w in loaded.state_dict().items():
         assert torch.equal(w, expected[name]), name
     rtn = weights(model, PackPolicy(min_quant_numel=256, default_storage="int3-row"))
-    if calibration == "train":
-        assert output_error(model, expected) < output_error(model, rtn)
+    assert output_error(model, expected) < output_error(model, rtn)  # train: 4% lower, self: 3% lower
+
+
+def test_gptq_beats_round_to_nearest_in_bits_per_byte_on_a_briefly_trained_model(byte_data, tmp_path):
+    from lmgolf.config import load_config
+    from lmgolf.data.folder import DataFolder
+    from lmgolf.eval.evaluate import evaluate
+    from lmgolf.training.checkpoint import load_model
+    from lmgolf.training.trainer import train
+    cfg = load_config("cpu-demo", ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.context=32",
+                                   "train.batch_tokens=256", "train.micro_batch=4", "train.dtype=fp32",
+                                   "train.eval_tokens=512", "train.max_steps=40"])
+    train(cfg, byte_data, tmp_path / "run", progress=False)
+    model, cfg = load_model(tmp_path / "run")
+    data = DataFolder(byte_data)
+    val, nbytes = data.val_tokens_and_bytes()
+    bpb = {}
+    for gptq in (False, True):
+        policy = PackPolicy(min_quant_numel=256, default_storage="int3-row", gptq=gptq, gptq_tokens=4096)
+        path = tmp_path / f"gptq-{gptq}.lmg"
+        packing.pack(model, cfg, data.tokenizer(), path, policy, train_tokens=data.train_tokens())
+        bpb[gptq] = evaluate(load_artifact(path)[0], val, nbytes, cfg.model.context, progress=False).bpb
+    assert bpb[True] < bpb[False] - 0.03, bpb  # about 3.35 against 3.44
 
 
 def test_gptq_on_training_data_needs_the_data():

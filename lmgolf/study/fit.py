@@ -18,6 +18,12 @@ search errs on the side of fitting. GPTQ does not change the storages, so the es
 Verification. `verify` packs the winner for real and, should it not fit after all, steps down one
 at a time, so the answer always fits whatever the estimate's error.
 
+Tokenizer. With a tokenizer (a data folder's), the model is sized as training would build it: with
+the tokenizer's vocabulary and BOS id, its files counted in the header. Without one, the preset's
+model is sized as configured, with a stand-in tokenizer of the model's vocabulary and no files (a real
+tokenizer adds its files: a few bytes for byte, a few KB for a trained BPE). `fit` and `verify` count the
+same header either way.
+
 Search. Parameters grow monotonically with depth (model.n_layer) and with width (model.n_head heads of
 a fixed head size, so d_model = n_head x head_dim, with the query/key-value head ratio kept and an
 explicit mlp_hidden scaled along), so a binary search over that integer finds the largest that fits.
@@ -36,6 +42,7 @@ import torch
 from lmgolf.codecs import CODECS
 from lmgolf.packing.artifact import PREAMBLE, Packed, encode_payload, layout, tokenizer_header
 from lmgolf.config import Config, ModelConfig, PackPolicy
+from lmgolf.data.tokenizers import Tokenizer
 from lmgolf.model.count import count_config
 from lmgolf.errors import LmgolfError
 from lmgolf.model.gpt import GPT
@@ -116,6 +123,28 @@ def variant(cfg: ModelConfig, search: str, value: int) -> ModelConfig:
                                head_dim=cfg.head_dim, d_model=d_model, mlp_hidden=hidden)
 
 
+class StandInTokenizer(Tokenizer):
+    """Counted in the header when no tokenizer is given: the model's vocabulary, no files. For sizing only."""
+
+    kind, lossy = "stand-in", False
+
+    def __init__(self, vocab_size: int, bos_id: int | None = None):
+        self.vocab_size = vocab_size
+        self.bos_id = vocab_size - 1 if bos_id is None else bos_id
+
+    def files(self) -> dict[str, bytes]:
+        return {}
+
+
+def sized_as_trained(cfg: Config, tokenizer=None) -> tuple[Config, Tokenizer]:
+    """The config and tokenizer to size: with a tokenizer, the model takes its vocabulary and BOS id (as
+    training does); without one, the preset's model as configured and a StandInTokenizer."""
+    if tokenizer is None:
+        return cfg, StandInTokenizer(cfg.model.vocab_size, cfg.model.bos_id)
+    model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id)
+    return dataclasses.replace(cfg, model=model), tokenizer
+
+
 @dataclass
 class Candidate:
     value: int
@@ -149,10 +178,12 @@ class FitResult:
 
 def fit(cfg: Config, budget: int, search: str = "depth", policy: PackPolicy | None = None,
         runner: str = "plain", tokenizer=None, limit: int = 256, seed: int = 0) -> FitResult:
-    """The largest depth or width whose estimated artifact plus code bytes stays within budget
-    (the tokenizer, when given, is counted in the header as the artifact will store it)."""
+    """The largest depth or width whose estimated artifact plus code bytes stays within budget. With a
+    tokenizer, the model takes its vocabulary and the header counts it as the artifact will store it;
+    without one, the preset's model as configured with a stand-in tokenizer (see sized_as_trained)."""
     if search not in SEARCHES:
         raise LmgolfError(f"fit: --search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    cfg, tokenizer = sized_as_trained(cfg, tokenizer)
     policy = policy or cfg.pack
     policy.validate()
     code = code_bytes(runner)
@@ -163,7 +194,7 @@ def fit(cfg: Config, budget: int, search: str = "depth", policy: PackPolicy | No
             mcfg = variant(cfg.model, search, value)
             mcfg.validate()
             header = {"config": dataclasses.replace(cfg, model=mcfg).to_dict(),
-                      "tokenizer": tokenizer_header(tokenizer) if tokenizer is not None else None}
+                      "tokenizer": tokenizer_header(tokenizer)}
             estimate = estimate_packed_bytes(sizing_model(mcfg, seed), policy, header)
             tried[value] = Candidate(value, count_config(mcfg).params, estimate, estimate + code <= budget)
         return tried[value]
@@ -180,9 +211,11 @@ def fit(cfg: Config, budget: int, search: str = "depth", policy: PackPolicy | No
                      variant(cfg.model, search, lo) if lo else None, code, budget)
 
 
-def verify(result: FitResult, cfg: Config, policy: PackPolicy, tokenizer, runner: str = "plain",
+def verify(result: FitResult, cfg: Config, policy: PackPolicy, tokenizer=None, runner: str = "plain",
            seed: int = 0) -> FitResult:
-    """Packs the winner for real; should it not fit after all, steps down until one does."""
+    """Packs the winner for real; should it not fit after all, steps down until one does. Pass the
+    tokenizer given to fit (None: the preset's model as configured, with a stand-in tokenizer)."""
+    cfg, tokenizer = sized_as_trained(cfg, tokenizer)
     value = result.best.value if result.best else 0
     while value >= 1:
         mcfg = variant(cfg.model, result.search, value)
