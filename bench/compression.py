@@ -20,15 +20,9 @@ from pathlib import Path
 
 import torch
 
+from lmgolf import api
 from lmgolf.codecs import CODECS
-from lmgolf.packing.artifact import load_artifact
-from lmgolf.eval.baselines import baseline_report, total_description_length
-from lmgolf.training.checkpoint import load_model
-from lmgolf.config import PACK_POLICIES, pack_policy
-from lmgolf.data.folder import DataFolder
-from lmgolf.eval.evaluate import evaluate, fit_temperature
-from lmgolf.packing.writer import pack
-from lmgolf.eval.ttt import TTTConfig, evaluate_ttt
+from lmgolf.config import PACK_POLICIES
 
 MODE_POLICY = "int6-emb8"
 
@@ -48,26 +42,23 @@ def main() -> None:
     p.add_argument("--ttt-lr", type=float, default=1e-3)
     p.add_argument("--out", default="bench/results/compression.json")
     args = p.parse_args()
-    model, cfg = load_model(args.run)
-    data = DataFolder(args.data or json.loads((Path(args.run) / "run.json").read_text())["data"]["path"])
-    tokenizer, train_tokens = data.tokenizer(), data.train_tokens()
-    tokens, nbytes = data.val_tokens_and_bytes()
-    context = cfg.model.context
+    source = api.load(args.run, args.data, device="cpu")
+    context = source.cfg.model.context
     results = {"run": str(args.run), "machine": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "policies": [], "codecs": [], "modes": []}
     tmp = Path(tempfile.mkdtemp())
 
-    float_eval = evaluate(model, tokens, nbytes, context, progress=False)
+    def score(target, **options):
+        return api.score(target, progress=False, **options)
+
+    float_eval = score(source).result
     results["float"] = float_eval.as_dict()
     print(f"float weights: {float_eval.bpb:.4f} bpb")
 
     print(f"\n| policy | storages | {args.codec} bytes | pack s | round-trip bpb | vs float |\n|---|---|---:|---:|---:|---:|")
     for name in PACK_POLICIES:
-        policy = pack_policy(cfg.pack, name, [f"codec={args.codec}"])
-        report = pack(model, cfg, tokenizer, tmp / f"{name}.lmg", policy, allow_over_budget=True,
-                      train_tokens=train_tokens)
-        loaded = load_artifact(tmp / f"{name}.lmg")[0]
-        result = evaluate(loaded, tokens, nbytes, context, progress=False)
+        report = api.pack(source, tmp / f"{name}.lmg", policy=name, codec=args.codec, allow_over_budget=True)
+        result = score(api.load(tmp / f"{name}.lmg", source.data_path, device="cpu"))
         storages = ", ".join(f"{g['group']} {g['storage']}" for g in report.groups if g["params"] >= 65536)
         results["policies"].append({"policy": name, "bytes": report.artifact_bytes, "pack_seconds": report.seconds,
                                     "bpb": result.bpb, "storages": storages})
@@ -80,11 +71,10 @@ def main() -> None:
     for codec in CODECS:
         for bit_pack in (True, False):
             for shuffle in (False, True):
-                policy = pack_policy(cfg.pack, MODE_POLICY, [f"codec={codec}", f"byte_shuffle={str(shuffle).lower()}",
-                                                             f"bit_pack={str(bit_pack).lower()}"])
                 path = tmp / f"codec-{codec}-{bit_pack}-{shuffle}.lmg"
-                report = pack(model, cfg, tokenizer, path, policy, allow_over_budget=True)
-                state = load_artifact(path)[0].state_dict()
+                report = api.pack(source, path, policy=MODE_POLICY, codec=codec, allow_over_budget=True,
+                                  overrides={"byte_shuffle": shuffle, "bit_pack": bit_pack})
+                state = api.load(path, device="cpu").model.state_dict()
                 reference = reference or state
                 same = all(torch.equal(state[k], reference[k]) for k in reference)
                 results["codecs"].append({"codec": codec, "bit_pack": bit_pack, "byte_shuffle": shuffle,
@@ -92,38 +82,31 @@ def main() -> None:
                 print(f"| {codec} | {'bit-packed' if bit_pack else 'a byte each'} | {'yes' if shuffle else 'no'} | "
                       f"{report.artifact_bytes:,} | {report.seconds:.1f} | {'yes' if same else 'NO'} |")
 
-    artifact = tmp / f"{MODE_POLICY}.lmg"
-    scored, _, _, info = load_artifact(artifact)
+    scored = api.load(tmp / f"{MODE_POLICY}.lmg", source.data_path, device="cpu")
     n = args.mode_tokens
+    ttt_lr = {"lr": args.ttt_lr}
     runs = {
-        "window (stride = context)": lambda: evaluate(scored, tokens, nbytes, context, max_tokens=n, progress=False),
-        f"sliding, stride {context // 4}": lambda: evaluate(scored, tokens, nbytes, context, stride=context // 4,
-                                                            max_tokens=n, progress=False),
-        "document-isolated": lambda: evaluate(scored, tokens, nbytes, context, max_tokens=n, docs=True,
-                                              bos_id=data.bos_id, progress=False),
-        "temperature (fitted on train)": lambda: evaluate(
-            scored, tokens, nbytes, context, max_tokens=n, progress=False,
-            temperature=fit_temperature(scored, train_tokens, context)),
-        "TTT, SGD all weights": lambda: evaluate_ttt(scored, tokens, nbytes, context, TTTConfig(lr=args.ttt_lr),
-                                                     max_tokens=n, bos_id=data.bos_id, progress=False),
-        "TTT, SGD, reset per document": lambda: evaluate_ttt(
-            scored, tokens, nbytes, context, TTTConfig(lr=args.ttt_lr, reset_docs=True, docs=True),
-            max_tokens=n, bos_id=data.bos_id, progress=False),
-        "TTT, LoRA rank 8": lambda: evaluate_ttt(scored, tokens, nbytes, context,
-                                                 TTTConfig(optimizer="lora", lr=args.ttt_lr * 10),
-                                                 max_tokens=n, bos_id=data.bos_id, progress=False),
+        "window (stride = context)": lambda: score(scored, max_tokens=n),
+        f"sliding, stride {context // 4}": lambda: score(scored, stride=context // 4, max_tokens=n),
+        "document-isolated": lambda: score(scored, mode="docs", max_tokens=n),
+        "temperature (fitted on train)": lambda: score(scored, mode="temperature", max_tokens=n),
+        "TTT, SGD all weights": lambda: score(scored, mode="ttt", ttt=ttt_lr, max_tokens=n),
+        "TTT, SGD, reset per document": lambda: score(scored, mode="ttt", ttt={**ttt_lr, "reset_docs": True},
+                                                      docs=True, max_tokens=n),
+        "TTT, LoRA rank 8": lambda: score(scored, mode="ttt", ttt={"optimizer": "lora", "lr": args.ttt_lr * 10},
+                                          max_tokens=n),
     }
     print(f"\n| mode ({MODE_POLICY} artifact, first {n:,} tokens) | tokens | bytes | loss | bpb | seconds |\n"
           "|---|---:|---:|---:|---:|---:|")
     for label, run in runs.items():
-        result, seconds = timed(run)
+        result, seconds = timed(lambda: run().result)
         results["modes"].append({"mode": label, **result.as_dict(), "seconds": seconds})
         print(f"| {label} | {result.tokens:,} | {result.bytes:,} | {result.loss:.4f} | {result.bpb:.4f} | {seconds:.1f} |")
 
-    full = evaluate(scored, tokens, nbytes, context, progress=False)
-    baselines = baseline_report(data)
+    full = score(scored, baselines=True)
+    baselines = full.baselines
     results["baselines"] = baselines
-    results["total_description_length"] = total_description_length(info["artifact_bytes"], full.bpb, full.bytes)
+    results["total_description_length"] = full.total_bpb
     print(f"\nvalidation {full.bytes:,} bytes: model {full.bpb:.4f} bpb; with the artifact's own bits "
           f"{results['total_description_length']:.4f}; classic compressors: {json.dumps(baselines)}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmgolf.packing.artifact import tokenizer_header
+from lmgolf import api
 from lmgolf.config import PackPolicy, load_config, pack_policy
-from lmgolf.study.fit import estimate_packed_bytes, sizing_model
-from lmgolf.packing.writer import pack
 from lmgolf.data.tokenizers import train_tokenizer
+from lmgolf.packing.artifact import tokenizer_header
+from lmgolf.study.fit import estimate_packed_bytes, sizing_model
 
 CASES = [("int6-emb8", ["codec=zstd", "byte_shuffle=true", "clip=std"]), ("int5-mlp", ["codec=lzma"]),
          ("int5-mlp", ["codec=zstd", "byte_shuffle=true"]), ("ternary", ["codec=zstd"]), ("int8", ["codec=zstd"])]
@@ -41,7 +41,8 @@ def main() -> None:
         estimate = estimate_packed_bytes(model, policy, {"config": full.to_dict(), "tokenizer": tokenizer_header(tokenizer)})
         estimate_s = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as tmp:
-            report = pack(model, full, tokenizer, Path(tmp) / "m.lmg", policy, allow_over_budget=True)
+            report = api.pack(api.Loaded(model, full, tokenizer), Path(tmp) / "m.lmg", policy=policy,
+                              allow_over_budget=True)
         error = (estimate - report.artifact_bytes) / report.artifact_bytes
         rows.append({"policy": name, "overrides": overrides, "real": report.artifact_bytes, "estimate": estimate,
                      "error": error, "estimate_seconds": estimate_s, "pack_seconds": report.seconds})

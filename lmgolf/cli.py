@@ -6,9 +6,15 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
+from lmgolf import api
 from lmgolf.errors import LmgolfError
+
+COMMANDS = {"score": "eval"}  # the command of each API call, where the names differ
+# the flag of each API argument, where it is not the argument's name with dashes
+FLAGS = {"ttt": "--ttt-* and --lora-*", "ttt.chunk": "--ttt-chunk", "ttt.steps": "--ttt-steps", "ttt.lr": "--ttt-lr",
+         "ttt.momentum": "--ttt-momentum", "ttt.optimizer": "--ttt-optimizer", "ttt.lora_rank": "--lora-rank",
+         "ttt.lora_alpha": "--lora-alpha", "ttt.reset_docs": "--ttt-reset-docs", "overrides": "key=value overrides"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
+    except api.ArgumentError as e:
+        print(f"lmgolf: error: {e.worded(COMMANDS.get(e.call, e.call), flag_spelling)}", file=sys.stderr)
+        return 2
     except LmgolfError as e:
         print(f"lmgolf: error: {e}", file=sys.stderr)
         return 2
@@ -30,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def flag_spelling(name: str, value: object = None) -> str:
+    """An API argument as the command line writes it: --stride, --mode ttt or temperature, --baselines."""
+    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    if value is None or value is True:
+        return flag
+    return f"{flag} {' or '.join(map(str, value if isinstance(value, tuple) else (value,)))}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,108 +211,33 @@ def cmd_presets(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from lmgolf.config import Config, load_config
-    from lmgolf.training.trainer import train
-    overrides = list(args.overrides)
-    if args.time_budget is not None:
-        overrides.append(f"train.time_budget={args.time_budget}")
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    if args.resume:
-        from lmgolf.training.checkpoint import read_state
-        cfg = Config.from_dict(read_state(args.out)["config"], source=f"{args.out}/checkpoint/state.json")
-    elif args.preset is None:
-        raise LmgolfError("train: --preset is required (or --resume to continue a run)")
-    else:
-        cfg = load_config(args.preset, overrides)
-    summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    run = api.train(args.out, preset=args.preset, data=args.data, overrides=args.overrides, resume=args.resume,
+                    time_budget=args.time_budget, max_steps=args.max_steps, progress=not args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps(summary))
+        print(json.dumps(run.summary))
 
 
 def cmd_eval(args) -> None:
-    from lmgolf.data.folder import DataFolder
-    from lmgolf.device import pick_dtype
-    from lmgolf.eval.evaluate import evaluate, fit_temperature
-    from lmgolf.eval.ttt import TTTConfig
-    ttt_flags = {"chunk": args.ttt_chunk, "steps": args.ttt_steps, "lr": args.ttt_lr, "momentum": args.ttt_momentum,
-                 "optimizer": args.ttt_optimizer, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha}
-    ttt_flags = {k: v for k, v in ttt_flags.items() if v is not None}
-    if args.mode != "ttt" and (ttt_flags or args.ttt_reset_docs):
-        raise LmgolfError("eval: the --ttt-* and --lora-* flags need --mode ttt")
-    if ({"lora_rank", "lora_alpha"} & ttt_flags.keys()) and ttt_flags.get("optimizer") != "lora":
-        raise LmgolfError("eval --lora-rank/--lora-alpha: need --ttt-optimizer lora")
-    ttt = TTTConfig(reset_docs=args.ttt_reset_docs, docs=args.docs, seed=args.seed, **ttt_flags)
-    ttt.validate()
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise LmgolfError(f"eval --max-tokens: must be >= 1, got {args.max_tokens}")
-    if args.fit_tokens is not None and (args.mode != "temperature" or args.fit_tokens < 1):
-        raise LmgolfError("eval --fit-tokens: needs --mode temperature and a value >= 1")
-    if args.docs and args.mode not in ("ttt", "temperature"):
-        raise LmgolfError("eval --docs: only with --mode ttt or temperature (--mode docs is the plain document mode)")
-    if args.baseline_prefix_bytes is not None and (not args.baselines or args.baseline_prefix_bytes < 0):
-        raise LmgolfError("eval --baseline-prefix-bytes: needs --baselines and a value >= 0")
-    model, cfg, tokenizer, data_path = _load_any(args.path, args.data, device=args.device)
-    context = cfg.model.context
-    if args.stride is not None and not 1 <= args.stride <= context:
-        raise LmgolfError(f"eval --stride: must lie in [1, {context}] (the model's context), got {args.stride}")
-    data = DataFolder(data_path)
-    if tokenizer.fingerprint != data.fingerprint:
-        raise LmgolfError(f"{data.path}: tokenized with a different tokenizer than {args.path}")
-    tokens, nbytes = data.val_tokens_and_bytes()
-    device = model.tok_emb.weight.device
-    common = dict(stride=args.stride, max_tokens=args.max_tokens, device=device, dtype=pick_dtype(args.dtype, device),
-                  progress=not args.quiet)
-    if args.mode == "ttt":
-        from lmgolf.eval.ttt import evaluate_ttt
-        result = evaluate_ttt(model, tokens, nbytes, context, ttt, bos_id=data.bos_id, **common)
-    elif args.mode == "temperature":
-        t = fit_temperature(model, data.train_tokens(), context, fit_tokens=args.fit_tokens or 16384, seed=args.seed,
-                            device=device, dtype=common["dtype"])
-        result = evaluate(model, tokens, nbytes, context, docs=args.docs, bos_id=data.bos_id, temperature=t, **common)
-    else:
-        result = evaluate(model, tokens, nbytes, context, docs=args.mode == "docs", bos_id=data.bos_id, **common)
-    summary = result.as_dict()
+    ttt = {"chunk": args.ttt_chunk, "steps": args.ttt_steps, "lr": args.ttt_lr, "momentum": args.ttt_momentum,
+           "optimizer": args.ttt_optimizer, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+           "reset_docs": args.ttt_reset_docs or None}  # a store_true flag: None when not given
+    result = api.score(args.path, args.data, mode=args.mode, stride=args.stride, max_tokens=args.max_tokens,
+                       docs=args.docs, ttt={k: v for k, v in ttt.items() if v is not None}, fit_tokens=args.fit_tokens,
+                       seed=args.seed, baselines=args.baselines, baseline_prefix_bytes=args.baseline_prefix_bytes,
+                       dtype=args.dtype, device=args.device, progress=not args.quiet)
     print(result.format())
-    if Path(args.path).is_file():  # an artifact: its bytes count too
-        from lmgolf.eval.baselines import total_description_length
-        size = Path(args.path).stat().st_size
-        summary.update(artifact_bytes=size, total_bpb=total_description_length(size, result.bpb, max(result.bytes, 1)))
-        print(f"total description length: ({size:,} artifact bytes x 8 + {result.bpb:.4f} x {result.bytes:,} val bytes) "
-              f"/ {result.bytes:,} = {summary['total_bpb']:.4f} bits/byte")
-    if args.baselines:
-        from lmgolf.eval.baselines import DEFAULT_PREFIX_BYTES, baseline_report
-        prefix = DEFAULT_PREFIX_BYTES if args.baseline_prefix_bytes is None else args.baseline_prefix_bytes
-        report = baseline_report(data, args.max_tokens, prefix)
-        summary["baselines"] = report
-        note = "" if report["exact_text"] else " (lossy tokenizer: the decoded text differs from the original)"
-        print(f"compressors on {report['val_bytes']:,} val bytes after {report['prefix_bytes']:,} training bytes{note}: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in report["bpb"].items()) + " bits/byte")
-    print(json.dumps(summary))
+    print(json.dumps(result.as_dict()))
 
 
 def cmd_pack(args) -> None:
-    from lmgolf.config import pack_policy
-    from lmgolf.packing.writer import pack
     from lmgolf.packing.runner import write_runner
-    model, cfg, tokenizer, data = _load_any(args.run, args.data, need_data=False, device="cpu")
-    overrides = list(args.overrides) + ([f"codec={args.codec}"] if args.codec else [])
-    policy = pack_policy(cfg.pack, args.policy, overrides)
-    out = args.out or str(Path(args.run) / "model.lmg")
-    train_tokens = None
-    if policy.gptq and policy.gptq_calibration == "train":
-        from lmgolf.data.folder import DataFolder
-        folder = DataFolder(data or _recorded_data(args.run, Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent))
-        if folder.fingerprint != tokenizer.fingerprint:
-            raise LmgolfError(f"{folder.path}: tokenized with a different tokenizer than {args.run}")
-        train_tokens = folder.train_tokens()
-    report = pack(model, cfg, tokenizer, out, policy, budget=args.budget, allow_over_budget=args.allow_over_budget,
-                  runner=args.runner, train_tokens=train_tokens)
+    report = api.pack(args.run, args.out, policy=args.policy, codec=args.codec, overrides=args.overrides,
+                      runner=args.runner, budget=args.budget, allow_over_budget=args.allow_over_budget, data=args.data)
     print(report.format())
     if args.write_runner:
         size = write_runner(args.write_runner, args.runner)
         print(f"wrote the {args.runner} runner ({size:,} bytes) -> {args.write_runner}: "
-              f"python {args.write_runner} {out} DATA_FOLDER")
+              f"python {args.write_runner} {report.path} DATA_FOLDER")
 
 
 def cmd_fit(args) -> None:
@@ -319,9 +261,8 @@ def cmd_fit(args) -> None:
           f"{result.code_bytes:,} = {best.estimate + result.code_bytes:,} bytes of {args.budget:,} ({policy.codec})")
     if not args.no_verify:
         from lmgolf.study.fit import verify
-        from lmgolf.data.tokenizers import train_tokenizer
         estimate = best.estimate
-        result = verify(result, cfg, policy, tokenizer or train_tokenizer("byte", []), args.runner)
+        result = verify(result, cfg, policy, tokenizer, args.runner)
         if result.best is None:
             raise LmgolfError(f"fit: packed for real, not even the smallest {args.search} fits {args.budget:,} bytes")
         if result.best.value != best.value:
@@ -333,52 +274,14 @@ def cmd_fit(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from lmgolf.serve.generate import generate
-    model, cfg, tokenizer, _ = _load_any(args.path, None, need_data=False, device=args.device)
-    prompt = tokenizer.encode(args.prompt) if args.prompt else []
-    ids = [tokenizer.bos_id] + prompt
-    new = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, stop_id=tokenizer.bos_id)
-    print(args.prompt + tokenizer.decode(new))
+    print(api.generate(args.path, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, device=args.device))
 
 
 def cmd_demo(args) -> None:
     from lmgolf.study.demo import run_demo
     run_demo(out=args.out, time_budget=args.time_budget, corpus=args.corpus, tokenizer=args.tokenizer,
              vocab_size=args.vocab_size)
-
-
-def _load_any(path: str, data: str | None, need_data: bool = True, device: str = "auto"):
-    """(model, config, tokenizer, data folder) from a run folder or a .lmg artifact."""
-    from lmgolf.device import pick_device
-    from lmgolf.data.tokenizers import load_tokenizer
-    device = pick_device(device)
-    p = Path(path)
-    if p.is_file():
-        from lmgolf.packing.artifact import load_artifact
-        model, cfg, tokenizer, _ = load_artifact(p, device=device)
-        run_dir = p.parent
-    elif p.is_dir():
-        from lmgolf.training.checkpoint import load_model
-        model, cfg = load_model(p, device=device)
-        tokenizer = load_tokenizer(p / "tokenizer")
-        run_dir = p
-    else:
-        raise LmgolfError(f"{path}: no such run folder or artifact")
-    if data is None and need_data:
-        data = _recorded_data(path, run_dir)
-    return model, cfg, tokenizer, data
-
-
-def _recorded_data(path: str, run_dir: Path) -> str:
-    """The data folder a run was trained on, from its run.json."""
-    record = run_dir / "run.json"
-    if not record.is_file():
-        raise LmgolfError(f"{path}: pass --data, the data folder to use (no run.json beside it)")
-    try:
-        return json.loads(record.read_text())["data"]["path"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise LmgolfError(f"{record}: corrupt run record, field 'data.path' missing") from None
 
 
 if __name__ == "__main__":
