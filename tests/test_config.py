@@ -44,3 +44,12 @@ def test_float_field_accepts_int_and_null_fields():
     cfg = load_config("cpu-demo", ["train.lr=1", "model.logit_softcap=null"])
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.model.logit_softcap is None
+
+
+@pytest.mark.parametrize("field,value", [("ssm_layers", "1"), ("exit_layers", "2"), ("depth_pattern", "0")])
+def test_one_element_list_fields_accept_an_int_override(field, value):
+    overrides = [f"model.{field}={value}"] + (["model.n_layer=1"] if field == "depth_pattern" else [])
+    cfg = load_config("cpu-demo", overrides)
+    assert getattr(cfg.model, field) == value
+    assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.model.ssm_blocks == ({1} if field == "ssm_layers" else set())

@@ -36,18 +36,37 @@ def test_incremental_logits_equal_a_full_forward_pass(shape):
     ids = torch.randint(0, 50, (1, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(ids)[0]
-        cache = KVCache(model.cfg.n_layer)
+        cache = KVCache()
         steps = [model(ids[:, :8], cache)[0]] + [model(ids[:, t:t + 1], cache)[0] for t in range(8, 48)]
     assert cache.length == 48
     assert torch.allclose(torch.cat(steps), full, atol=1e-5, rtol=0)
 
 
+def visible_history(prompt: int, new: int, context: int, use_cache: bool) -> list[int]:
+    """How many of the latest tokens each step's prediction sees: without the cache the last `context`;
+    with it, a cache that grows one token per step and, when full, restarts from the last context // 2."""
+    seen, out = min(prompt, context), []
+    for step in range(new):
+        if step:
+            seen = min(prompt + step, context) if not use_cache else seen + 1 if seen < context else context // 2
+        out.append(seen)
+    return out
+
+
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_generation_slides_past_the_context(positions, use_cache):
-    model = tiny(context=16, positions=positions)
-    out = generate(model, list(range(20)), 40, temperature=0.8, seed=0, use_cache=use_cache)
-    assert len(out) == 40 and all(0 <= t < 50 for t in out)
+    """Past the context, each token is the greedy choice of a full forward pass over exactly the latest
+    tokens the decoder keeps (a learned position table would refuse more than the context)."""
+    model = tiny(context=16, positions=positions).double()
+    prompt = list(range(20))
+    out = generate(model, prompt, 40, temperature=0, use_cache=use_cache)
+    ids = list(prompt)
+    for token, seen in zip(out, visible_history(len(prompt), 40, 16, use_cache)):
+        with torch.no_grad():
+            assert token == int(model(torch.tensor([ids[-seen:]]))[0, -1].argmax())
+        ids.append(token)
+    assert len(out) == 40
 
 
 def test_full_cache_is_rebuilt_from_half_a_window():

@@ -5,6 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmgolf.config import ModelConfig, load_config, load_preset
 from lmgolf.model.count import count_config, count_module
+from lmgolf.model.context import Context, KVCache
 from lmgolf.model.gpt import GPT
 
 PRESET_PARAMS = {"pg-baseline": 17_059_912, "s1-option-a": 35_763_840, "nanogpt-shakespeare-char": 10_745_088,
@@ -69,14 +70,50 @@ def test_flops_match_torch_flop_counter(kw):
     # the math backend runs attention as matmuls the counter sees (it skips the fused CPU kernel)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x)
-    assert counter.get_total_flops() * 3 == count.train_flops_per_token * x.numel()
+    # the counter sees matrix multiplies only, not the elementwise SSM scan
+    assert counter.get_total_flops() * 3 == (count.train_flops_per_token - count.scan_flops_per_token) * x.numel()
 
 
-@pytest.mark.parametrize("kw", VARIANTS)
-def test_counted_parameters_equal_module(kw):
-    model = GPT(tiny(**kw))
-    count = count_module(model)
-    assert count.params == sum(p.numel() for p in model.parameters())
+def formula_params(cfg: ModelConfig) -> int:
+    """The parameter count written from the config alone, option by option (docs/architectures.md)."""
+    d, V, hd, h, kv, b = cfg.d_model, cfg.vocab_size, cfg.head_size, cfg.n_head, cfg.kv_heads, cfg.bias
+    linear = lambda i, o, bias=b: i * o + (o if bias else 0)  # noqa: E731
+    norm = (d if cfg.norm_gain else 0) + (d if cfg.norm_gain and cfg.bias and cfg.norm == "layernorm" else 0)
+    mlp = linear(d, cfg.hidden) * (2 if cfg.mlp == "swiglu" else 1) + linear(cfg.hidden, d)
+    if cfg.moe_experts:
+        mlp = cfg.moe_experts * mlp + d * cfg.moe_experts
+    total = V * (cfg.embed_rank or d) + (cfg.embed_rank * d if cfg.embed_rank else 0)
+    total += cfg.context * d if cfg.positions == "learned" else 0
+    total += cfg.bigram_buckets * cfg.bigram_dim + cfg.bigram_dim * d if cfg.bigram_buckets else 0
+    total += d + 1 if cfg.smear_gate else 0
+    if cfg.family == "linear":
+        return total + linear(cfg.window * d, d) + (0 if cfg.tie_embeddings else V * d)
+    if cfg.family == "mlp":
+        total += linear(cfg.window * d, cfg.hidden) + linear(cfg.hidden, d)
+    for layer in range(cfg.n_layer if cfg.family == "transformer" else 0):
+        total += 2 * norm + mlp + (2 * d if cfg.output_scales else 0) + (2 * d if cfg.resid_mix else 0)
+        if layer in cfg.ssm_blocks:
+            w, n, r = cfg.ssm_expand * d, cfg.ssm_state, -(-d // 16)
+            total += d * 2 * w + w * cfg.ssm_conv + w + w * (r + 2 * n) + r * w + w + w * n + w + w * d
+            continue
+        total += linear(d, h * hd) + 2 * linear(d, kv * hd) + linear(h * hd, d)
+        total += h if cfg.q_gain is not None else 0
+        total += 2 * hd if cfg.diff_attn else 0  # four vectors of hd / 2
+        total += 2 if cfg.value_residual and layer > 0 else 0
+        gate = {"none": 0, "head": h, "element": h * hd}[cfg.attn_gate]
+        total += linear(d, gate, True) if gate else 0
+    depth = len(cfg.layer_order) if cfg.family == "transformer" else 0
+    total += min(depth // 2, depth - depth // 2) * d if cfg.unet_skips else 0
+    total += norm if cfg.norm_position == "pre" else 0
+    return total + (0 if cfg.tie_embeddings else V * d)
+
+
+@pytest.mark.parametrize("kw", VARIANTS + [dict(norm="layernorm", bias=True, n_layer=3, ssm_layers="1", moe_experts=3,
+                                                 moe_top_k=1, mlp="gelu", value_residual=True, attn_gate="element")])
+def test_counted_parameters_match_an_independent_formula(kw):
+    cfg = tiny(**kw)
+    count = count_module(GPT(cfg))
+    assert count.params == formula_params(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
 
 
 @pytest.mark.parametrize("kw", VARIANTS)
@@ -136,7 +173,7 @@ def reference_rope(x, dims, base=10000.0):
 
 @pytest.mark.parametrize("dims", [8, 4, 2])
 def test_rope_and_partial_rope_match_a_reference(dims):
-    from lmgolf.model.gpt import Rotary
+    from lmgolf.model.positions import Rotary
     x = torch.randn(2, 3, 11, 8)
     assert torch.allclose(Rotary(dims, 10000.0)(x), reference_rope(x, dims), atol=1e-5)
 
@@ -150,13 +187,15 @@ def test_nope_every_k_layers_drops_rotary_there():
 def test_ln_scale_and_post_norm_structure():
     torch.manual_seed(0)
     model = GPT(tiny(n_layer=3, ln_scale=True))
-    assert [b.norm_scale for b in model.blocks] == pytest.approx([1.0, 2 ** -0.5, 3 ** -0.5])
+    assert [getattr(b.attn_norm, "scale", 1.0) for b in model.blocks] == pytest.approx([1.0, 2 ** -0.5, 3 ** -0.5])
+    x = torch.randn(1, 5, 32)
+    norm = model.blocks[2].mlp_norm
+    assert torch.allclose(norm(x), torch.nn.functional.rms_norm(x, (32,), norm.weight, 1e-5) / 3 ** 0.5, atol=1e-6)
     post = GPT(tiny(norm_position="post"))
     assert post.final_norm is None
-    x = torch.randn(1, 5, 32)
     block = post.blocks[0]
-    h = block.attn_norm(x + block.attn(x))
-    assert torch.allclose(block(x, x), block.mlp_norm(h + block.mlp(h)), atol=1e-6)
+    h = block.attn_norm(x + block.attn(x, Context()))
+    assert torch.allclose(block(x, Context()), block.mlp_norm(h + block.mlp(h)), atol=1e-6)
 
 
 def test_leaky_relu2_formula():
@@ -174,7 +213,7 @@ def test_exclusive_attention_output_is_orthogonal_to_own_value():
     seen = {}
     attn.proj.register_forward_hook(lambda mod, inp, out: seen.update(y=inp[0]))
     x = torch.randn(1, 7, 32)
-    attn(x)
+    attn(x, Context())
     v = attn.v(x).view(1, 7, 4, 8)
     y = seen["y"].view(1, 7, 4, 8)
     assert (y * v).sum(-1).abs().max() < 1e-5
@@ -183,10 +222,11 @@ def test_exclusive_attention_output_is_orthogonal_to_own_value():
 def test_parallel_residual_block():
     torch.manual_seed(0)
     model = GPT(tiny(parallel_from=1, n_layer=2))
-    assert [b.parallel for b in model.blocks] == [False, True]
+    from lmgolf.model.gpt import ParallelBlock
+    assert [isinstance(b, ParallelBlock) for b in model.blocks] == [False, True]
     block, x = model.blocks[1], torch.randn(1, 5, 32)
-    expected = x + block.attn(block.attn_norm(x)) + block.mlp(block.mlp_norm(x))
-    assert torch.allclose(block(x, x), expected, atol=1e-6)
+    expected = x + block.attn(block.attn_norm(x), Context()) + block.mlp(block.mlp_norm(x))
+    assert torch.allclose(block(x, Context()), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("doc_mask", [True, False])
@@ -203,14 +243,13 @@ def test_document_mask_blocks_attention_across_bos(doc_mask):
 
 
 def test_document_mask_with_kv_cache_matches_full_pass():
-    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(doc_mask=True, bos_id=0)
     model = GPT(cfg).eval()
     x = torch.randint(1, cfg.vocab_size, (1, 12))
     x[0, 0], x[0, 5], x[0, 9] = 0, 0, 0
     full = model(x)
-    cache = KVCache(cfg.n_layer)
+    cache = KVCache()
     steps = [model(x[:, :4], cache)] + [model(x[:, t:t + 1], cache) for t in range(4, 12)]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
@@ -238,7 +277,6 @@ def test_neighbour_mixing_stops_at_bos(extra):
 
 
 def test_neighbour_mixing_with_kv_cache_matches_full_pass():
-    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(bigram_buckets=31, bigram_dim=8, smear_gate=True, bos_id=0)
     model = GPT(cfg).eval()
@@ -246,15 +284,20 @@ def test_neighbour_mixing_with_kv_cache_matches_full_pass():
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randint(1, cfg.vocab_size, (2, 12))
     x[:, 0], x[0, 6] = 0, 0
-    cache = KVCache(cfg.n_layer)
+    cache = KVCache()
     steps = [model(x[:, :5], cache)] + [model(x[:, t:t + 1], cache) for t in range(5, 12)]
     assert torch.allclose(torch.cat(steps, dim=1), model(x), atol=1e-5)
 
 
 def test_bigram_hash_parameters_and_bucket_range():
     cfg = tiny(bigram_buckets=4096, bigram_dim=64, bos_id=0)
-    count = count_module(GPT(cfg))
-    assert count.params_by_group["bigram"] == 4096 * 64 + 64 * 32
+    model = GPT(cfg)
+    assert count_module(model).params_by_group["bigram"] == 4096 * 64 + 64 * 32
+    vocab = 50257  # the largest vocabulary of the presets: every pair of ids lands in [0, buckets)
+    cur, prev = torch.meshgrid(torch.arange(0, vocab, 97), torch.arange(0, vocab, 89), indexing="ij")
+    buckets = model.bigram.bucket(cur, prev)
+    assert buckets.min() >= 0 and buckets.max() < 4096
+    assert len(buckets.unique()) > 0.9 * 4096  # and they spread over the whole table
 
 
 def reference_attention(q, k, v, softcap=None):
@@ -283,7 +326,7 @@ def test_gqa_matches_reference_with_repeated_kv_heads():
     k = attn.k(x).view(1, 6, 2, 8).transpose(1, 2)[:, [0, 0, 1, 1]]
     v = attn.v(x).view(1, 6, 2, 8).transpose(1, 2)[:, [0, 0, 1, 1]]
     expected = attn.proj(reference_attention(q, k, v).transpose(1, 2).reshape(1, 6, 32))
-    assert torch.allclose(attn(x), expected, atol=1e-5)
+    assert torch.allclose(attn(x, Context()), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind,width", [("head", 4), ("element", 32)])
@@ -307,9 +350,8 @@ def test_depth_recurrence_applies_blocks_in_order():
     model = GPT(tiny(n_layer=2, depth_pattern="0,1,1"))
     x = torch.randint(0, 64, (1, 8))
     h = model.tok_emb(x)
-    h0 = h
     for b in (0, 1, 1):
-        h = model.blocks[b](h, h0)
+        h = model.blocks[b](h, Context())
     expected = torch.nn.functional.linear(model.final_norm(h), model.tok_emb.weight)
     assert torch.allclose(model(x), expected, atol=1e-5)
 
@@ -334,10 +376,9 @@ def test_value_residual_mixes_first_layer_values():
     model = GPT(tiny(value_residual=True, n_layer=3, positions="none"))
     assert model.blocks[0].attn.v_mix is None and model.blocks[1].attn.v_mix.tolist() == [0.5, 0.5]
     assert count_module(model).params - count_module(GPT(tiny(n_layer=3))).params == 4
-    from lmgolf.model.gpt import Shared
     x0 = torch.randn(1, 5, 32)
-    shared = Shared()
-    model.blocks[0].attn(x0, shared=shared)
+    ctx = Context()
+    model.blocks[0].attn(x0, ctx)
     attn = model.blocks[1].attn
     with torch.no_grad():
         attn.v_mix.copy_(torch.tensor([0.0, 1.0]))  # all first-layer values
@@ -346,26 +387,57 @@ def test_value_residual_mixes_first_layer_values():
     q = attn.q(x1).view(1, 5, 4, 8).transpose(1, 2)
     k = attn.k(x1).view(1, 5, 4, 8).transpose(1, 2)
     expected = attn.proj(reference_attention(q, k, first_v).transpose(1, 2).reshape(1, 5, 32))
-    assert torch.allclose(attn(x1, shared=shared), expected, atol=1e-5)
+    assert torch.allclose(attn(x1, ctx), expected, atol=1e-5)
 
 
-def test_moe_routes_top_k_and_balances():
+def test_moe_routes_top_k():
     from lmgolf.model.gpt import MoE
     torch.manual_seed(0)
-    cfg = tiny(moe_experts=4, moe_top_k=1)
+    cfg = tiny(moe_experts=4, moe_top_k=2)
     moe = MoE(cfg)
     x = torch.randn(2, 6, 32)
-    out = moe(x)
+    ctx = Context()
+    out = moe(x, ctx)
     flat = x.reshape(-1, 32)
-    chosen = moe.router(flat).argmax(-1)
-    expected = torch.stack([moe.experts[int(e)](flat[i]) for i, e in enumerate(chosen)])  # top-1: weight 1
+    probs = moe.router(flat).softmax(-1)
+    top = probs.topk(2, dim=-1)
+    expected = torch.stack([sum(w / top.values[i].sum() * moe.experts[int(e)](flat[i])
+                                for w, e in zip(top.values[i], top.indices[i])) for i in range(len(flat))])
     assert torch.allclose(out.reshape(-1, 32), expected, atol=1e-5)
-    assert moe.usage.sum().item() == pytest.approx(1.0)
-    assert 0 < moe.aux_loss.item() < 4
+    routed = torch.zeros(4).index_add_(0, top.indices.reshape(-1), torch.ones(24)) / 24
+    assert torch.allclose(ctx.expert_usage[0], routed)
+    assert torch.allclose(ctx.balance_losses[0], 4 * (routed * probs.mean(0)).sum())  # the Switch loss
     model = GPT(tiny(moe_experts=4, moe_top_k=2))
     assert count_module(model).params_by_group["mlp"] == 2 * (4 * 3 * 32 * 85 + 32 * 4)  # 2 layers of 4 SwiGLU experts (2/3 of 4 x 32) + router
-    model(torch.randint(0, 64, (1, 8)))
-    assert len(model.expert_usage()) == 2 and torch.is_tensor(model.extra_loss(torch.zeros(1, 8, dtype=torch.long)))
+    out = model(torch.randint(0, 64, (1, 8)), aux=True)
+    assert out.expert_usage.shape == (2, 4) and out.aux_loss.item() > 0
+    assert torch.allclose(model.extra_loss(out, torch.zeros(1, 8, dtype=torch.long)), out.aux_loss)
+
+
+def test_moe_load_balance_loss_balances_the_experts():
+    """A router that sends nearly every token to one expert, trained on the load-balance loss alone,
+    spreads the tokens over the experts."""
+    from lmgolf.model.gpt import MoE
+    torch.manual_seed(0)
+    moe = MoE(tiny(moe_experts=4, moe_top_k=1))
+    x = torch.randn(256, 32) + 0.3
+    with torch.no_grad():
+        moe.router.weight.normal_(std=0.01)
+        moe.router.weight[0] += 0.5  # expert 0 wins almost every token
+
+    def usage_and_loss():
+        ctx = Context()
+        moe(x, ctx)
+        return ctx.expert_usage[0], ctx.balance_losses[0]
+    before, _ = usage_and_loss()
+    assert before.max() > 0.9
+    opt = torch.optim.Adam(moe.router.parameters(), lr=0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        usage_and_loss()[1].backward()
+        opt.step()
+    after, loss = usage_and_loss()
+    assert after.max() < 0.3 and after.min() > 0.2 and loss.item() < 1.01  # 1: perfectly balanced
 
 
 def test_ssm_state_does_not_cross_a_bos_with_document_masking():
@@ -383,13 +455,12 @@ def test_ssm_state_does_not_cross_a_bos_with_document_masking():
 
 @pytest.mark.parametrize("kw", [dict(ssm_layers="all"), dict(ssm_layers="0", doc_mask=True, bos_id=0)])
 def test_ssm_with_cache_matches_full_pass(kw):
-    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(ssm_state=4, **kw)
     model = GPT(cfg).eval()
     x = torch.randint(1, cfg.vocab_size, (2, 12))
     x[:, 0], x[1, 6] = 0, 0
-    cache = KVCache(cfg.n_layer)
+    cache = KVCache()
     steps = [model(x[:, :5], cache)] + [model(x[:, t:t + 1], cache) for t in range(5, 12)]
     assert torch.allclose(torch.cat(steps, dim=1), model(x), atol=1e-4)
 
@@ -398,7 +469,29 @@ def test_hybrid_counts_attention_flops_only_for_attention_layers():
     hybrid = count_module(GPT(tiny(n_layer=4, ssm_layers="1,2")))
     flat = count_module(GPT(tiny(n_layer=4)))
     assert hybrid.attention_flops_per_token == flat.attention_flops_per_token // 2
-    assert "ssm" in hybrid.params_by_group
+    assert "ssm" in hybrid.params_by_group and flat.scan_flops_per_token == 0
+
+
+def test_ssm_scan_flops_follow_the_reference_formula():
+    """VMamba's flops_selective_scan_fn(with_D, with_Z): 9 x width x state + 2 x width per token forward,
+    per SSM application (depth recurrence counts each use)."""
+    cfg = tiny(n_layer=2, ssm_layers="0", ssm_state=4, ssm_expand=2, depth_pattern="0,1,0")
+    count = count_module(GPT(cfg))
+    width = 2 * 32
+    assert count.scan_flops_per_token == 3 * 2 * (9 * width * 4 + 2 * width)
+    assert count.train_flops_per_token == 6 * count.matmul_weights + count.attention_flops_per_token + count.scan_flops_per_token
+
+
+@pytest.mark.parametrize("kw,attention,scan", [(dict(), True, False), (dict(ssm_layers="all"), False, True),
+                                               (dict(family="linear", window=2), False, False),
+                                               (dict(family="mlp", window=2), False, False)])
+def test_format_count_prints_the_terms_it_adds(kw, attention, scan):
+    from lmgolf.model.count import format_count
+    cfg = tiny(**kw)
+    count = count_config(cfg)
+    text = format_count(cfg, count)
+    assert ("attention scores" in text) == attention and ("SSM scan" in text) == scan
+    assert f"= {count.train_flops_per_token:,}" in text
 
 
 def test_differential_attention_matches_a_reference():
@@ -423,7 +516,7 @@ def test_differential_attention_matches_a_reference():
     y = a @ v
     y = y / y.pow(2).mean(-1, keepdim=True).add(torch.finfo(y.dtype).eps).sqrt() * (1 - lambda_init)
     expected = attn.proj(y.transpose(1, 2).reshape(1, 7, 32))
-    assert torch.allclose(attn(x), expected, atol=1e-5)
+    assert torch.allclose(attn(x, Context()), expected, atol=1e-5)
 
 
 def test_early_exit_trains_jointly_and_picks_confident_exits():
@@ -431,16 +524,18 @@ def test_early_exit_trains_jointly_and_picks_confident_exits():
     cfg = tiny(exit_layers="1", n_layer=3)
     model = GPT(cfg)
     x = torch.randint(0, 64, (2, 10))
-    logits = model(x)
-    assert len(model.exit_logits) == 1
-    expected_extra = torch.nn.functional.cross_entropy(model.exit_logits[0].view(-1, 64), x.view(-1))
-    assert torch.allclose(model.extra_loss(x), expected_extra)
+    out = model(x, aux=True)
+    assert len(out.exit_logits) == 1 and out.mean_depth is None
+    expected_extra = torch.nn.functional.cross_entropy(out.exit_logits[0].view(-1, 64), x.view(-1))
+    assert torch.allclose(model.extra_loss(out, x), expected_extra)
     model.eval()
     model.cfg.exit_threshold = 1.0  # nothing is that confident: every token goes the full depth
-    assert torch.allclose(model(x), logits, atol=1e-6) and model.avg_depth == 3
+    full = model(x, aux=True)
+    assert torch.allclose(full.logits, out.logits, atol=1e-6) and full.mean_depth.item() == 3
     model.cfg.exit_threshold = 1e-9  # everything is: every token leaves at depth 1
-    out = model(x)
-    assert torch.allclose(out, model.exit_logits[0]) and model.avg_depth == 1
+    early = model(x, aux=True)
+    assert torch.allclose(early.logits, early.exit_logits[0]) and early.mean_depth.item() == 1
+    assert torch.equal(model(x), early.logits)  # the plain call scores with the exits too
 
 
 @pytest.mark.parametrize("family", ["linear", "mlp"])
@@ -463,21 +558,29 @@ def test_window_models_read_exactly_their_window(family):
 
 
 def test_window_model_with_cache_matches_full_pass():
-    from lmgolf.model.gpt import KVCache
     torch.manual_seed(0)
     cfg = tiny(family="mlp", window=4, bos_id=0)
     model = GPT(cfg).eval()
     x = torch.randint(1, 64, (2, 12))
     x[:, 0], x[0, 6] = 0, 0
-    cache = KVCache(0)
+    cache = KVCache()
     steps = [model(x[:, :5], cache)] + [model(x[:, t:t + 1], cache) for t in range(5, 12)]
     assert torch.allclose(torch.cat(steps, dim=1), model(x), atol=1e-5)
 
 
 def test_linear_family_is_linear_in_the_window_embeddings():
+    torch.manual_seed(0)
     cfg = tiny(family="linear", window=2, positions="none")
     model = GPT(cfg)
     assert model.final_norm is None and count_module(model).params == 64 * 32 + 2 * 32 * 32
+    idx = torch.randint(0, 64, (2, 9))
+
+    def logits_of(embeddings):  # the model after its embedding lookup
+        return model.output(model.window_net(embeddings, Context(idx, spec=model.context_spec)))
+
+    a, b = torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    assert torch.allclose(logits_of(2 * a - 3 * b), 2 * logits_of(a) - 3 * logits_of(b), atol=1e-4)
+    assert torch.allclose(model(idx), logits_of(model.tok_emb(idx)), atol=1e-6)
 
 
 def test_swiglu_matches_a_reference_and_gelu_parameters():
@@ -500,8 +603,40 @@ def test_recurrence_switches_on_during_training():
     looped = model(x)
     model.recurrence_on = False
     plain = model(x)
-    h = h0 = model.tok_emb(x)
+    h = model.tok_emb(x)
     for b in (0, 1):
-        h = model.blocks[b](h, h0)
+        h = model.blocks[b](h, Context())
     assert torch.allclose(plain, torch.nn.functional.linear(model.final_norm(h), model.tok_emb.weight), atol=1e-5)
     assert not torch.allclose(plain, looped)
+
+
+def test_aux_outputs_come_back_through_qat_and_compile():
+    """The trainer calls net(x, aux=True) where net may be the QAT wrapper and torch.compile'd: the
+    auxiliary outputs must come back through both, equal to the eager model's."""
+    from lmgolf.config import PackPolicy
+    from lmgolf.training.qat import QAT
+    torch.manual_seed(0)
+    model = GPT(tiny(moe_experts=3, moe_top_k=1, exit_layers="1", n_layer=2))
+    x = torch.randint(0, 64, (2, 16))
+    eager = model(x, aux=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(QAT(model, PackPolicy(), enabled=False), backend="aot_eager")
+    out = compiled(x, aux=True)
+    assert torch.allclose(out.logits, eager.logits, atol=1e-5) and torch.allclose(out.aux_loss, eager.aux_loss)
+    assert torch.allclose(out.exit_logits[0], eager.exit_logits[0], atol=1e-5)
+    assert torch.equal(out.expert_usage, eager.expert_usage)
+    loss = model.extra_loss(out, x)
+    loss.backward()
+    assert model.blocks[0].mlp.router.weight.grad is not None  # the load-balance loss trains the router
+    assert not any(torch.is_tensor(v) for v in vars(model).values())  # nothing of the pass stays on the model
+
+
+def test_evaluation_reports_the_mean_exit_depth():
+    import numpy as np
+    from lmgolf.eval.evaluate import evaluate
+    torch.manual_seed(0)
+    model = GPT(tiny(exit_layers="1", n_layer=3, exit_threshold=1e-9))  # every token leaves at depth 1
+    tokens = np.random.default_rng(0).integers(0, 64, size=60)
+    assert evaluate(model, tokens, np.ones(60, dtype=np.int64), 16, progress=False).avg_depth == 1
+    model.cfg.exit_threshold = 0.0
+    assert evaluate(model, tokens, np.ones(60, dtype=np.int64), 16, progress=False).avg_depth is None

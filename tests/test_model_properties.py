@@ -2,7 +2,7 @@
 parameter counts equal to what the built module does."""
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -64,12 +64,11 @@ def build(cfg):
     return model
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(configs(), st.integers(1, 10))
 def test_random_configs_are_causal(cfg, t):
     model = build(cfg)
-    if model is None:
-        return
+    assume(model is not None)
     x = torch.randint(1, cfg.vocab_size, (2, cfg.context))
     x[:, 0] = 0
     x[1, 5] = 0
@@ -80,15 +79,15 @@ def test_random_configs_are_causal(cfg, t):
     assert torch.allclose(a[:, :t + 1], b[:, :t + 1], atol=1e-5)
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(configs())
 def test_random_configs_flops_and_parameters_match_the_module(cfg):
     model = build(cfg)
-    if model is None:
-        return
+    assume(model is not None)
     count = count_module(model)
     assert count.params == sum(p.numel() for p in model.parameters())
     x = torch.randint(0, cfg.vocab_size, (1, cfg.context))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
-    assert counter.get_total_flops() * 3 == count.train_flops_per_token * x.numel()
+    # the counter sees matrix multiplies only, not the elementwise SSM scan
+    assert counter.get_total_flops() * 3 == (count.train_flops_per_token - count.scan_flops_per_token) * x.numel()

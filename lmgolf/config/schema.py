@@ -50,7 +50,7 @@ class ModelConfig:
     leaky_slope: float = 0.5            # negative slope of leaky_relu2
     mlp_mult: float = 4.0               # hidden = mlp_mult * d_model, unless mlp_hidden is set
     mlp_hidden: int | None = None
-    ssm_layers: str = ""                # blocks whose token mixer is a selective SSM instead of attention: "all" or "1,3"
+    ssm_layers: str | int = ""          # blocks whose token mixer is a selective SSM instead of attention: "all" or "1,3"
     ssm_state: int = 16                 # SSM state size N per channel
     ssm_expand: int = 2                 # SSM inner width = ssm_expand x d_model
     ssm_conv: int = 4                   # SSM causal depthwise convolution width
@@ -68,9 +68,9 @@ class ModelConfig:
     value_residual: bool = False        # every layer after the first mixes the first layer's values into its own
     exclusive_attn: bool = False        # remove each attention output's component along its own token's value
     parallel_from: int | None = None    # blocks from this index on: x + attn(norm(x)) + mlp(norm(x))
-    depth_pattern: str = ""             # depth recurrence: block indices in the order applied, e.g. "0,1,2,3,0,1,2,3"
+    depth_pattern: str | int = ""       # depth recurrence: block indices in the order applied, e.g. "0,1,2,3,0,1,2,3"
                                         # (n_layer unique blocks; "" applies each once, in order)
-    exit_layers: str = ""               # early exit: depths (e.g. "2,4") after which the shared final norm and head
+    exit_layers: str | int = ""         # early exit: depths (e.g. "2,4") after which the shared final norm and head
                                         # also predict; trained jointly
     exit_weight: float = 1.0            # weight of the mean early-exit loss in training
     exit_threshold: float = 0.0         # inference: a token takes the first exit whose top probability reaches this
@@ -81,6 +81,12 @@ class ModelConfig:
     zero_init_proj: bool = False        # zero-init the attention and MLP output projections
     init_std: float = 0.02
     embed_init_std: float = 0.02
+
+    def __post_init__(self):
+        # a one-element list such as `model.ssm_layers=1` arrives as an int from a key=value override
+        for name in ("ssm_layers", "depth_pattern", "exit_layers"):
+            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
+                setattr(self, name, str(getattr(self, name)))
 
     @property
     def kv_heads(self) -> int:

@@ -128,9 +128,10 @@ def log_probs(logits: torch.Tensor, temperature: float | None = None) -> torch.T
 
 
 def window_nats(model, tokens: np.ndarray, windows: list[Window], device, dtype,
-                temperature: float | None = None) -> list[torch.Tensor]:
+                temperature: float | None = None, depths: list[float] | None = None) -> list[torch.Tensor]:
     """Nats of targets first..end of each window (a float32 tensor each, with grad when enabled).
-    Windows of one length share a forward pass; a window only ever sees tokens[start:end]."""
+    Windows of one length share a forward pass; a window only ever sees tokens[start:end].
+    depths: gets the mean depth of each pass that reports one (early-exit models)."""
     out: list[torch.Tensor | None] = [None] * len(windows)
     by_length: dict[int, list[int]] = {}
     for i, (s, e, _) in enumerate(windows):
@@ -139,7 +140,10 @@ def window_nats(model, tokens: np.ndarray, windows: list[Window], device, dtype,
         ids = torch.from_numpy(np.stack([np.asarray(tokens[windows[i][0]:windows[i][1] + 1], dtype=np.int64) for i in rows]))
         x, y = ids[:, :-1], ids[:, 1:]
         with autocast(device, dtype):
-            logits = model(x.to(device))
+            result = model(x.to(device), aux=depths is not None)
+        logits = result.logits if depths is not None else result
+        if depths is not None and result.mean_depth is not None:
+            depths.append(float(result.mean_depth))
         nats = -log_probs(logits, temperature).gather(-1, y.to(device)[..., None])[..., 0]
         for row, i in enumerate(rows):
             s, _, first = windows[i]
@@ -213,9 +217,7 @@ def evaluate(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, stride
     bar = progress_bar(total=sum(end - first + 1 for b in work for _, end, first in b), desc="eval", unit="tok",
                        disable=not progress)
     for windows in work:
-        tally.add(windows, window_nats(model, tokens, windows, device, dtype, temperature))
-        if getattr(model, "avg_depth", None) is not None:
-            depths.append(model.avg_depth)
+        tally.add(windows, window_nats(model, tokens, windows, device, dtype, temperature, depths))
         bar.update(sum(end - first + 1 for _, end, first in windows))
     bar.close()
     model.train(was_training)

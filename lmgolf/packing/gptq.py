@@ -75,7 +75,6 @@ def self_generated_batches(model: nn.Module, n_tokens: int, context: int, bos_id
     context = min(context, model.cfg.context)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    slots = max(model.cfg.n_layer, len(getattr(model, "order", [])))  # one cache slot per depth step
     n_seq = math.ceil(n_tokens / context)
     was_training = model.training
     model.eval()
@@ -84,7 +83,7 @@ def self_generated_batches(model: nn.Module, n_tokens: int, context: int, bos_id
         for first in range(0, n_seq, batch):
             size = min(batch, n_seq - first)
             ids = torch.full((size, 1), bos_id, dtype=torch.long, device=device)
-            cache, new, steps = KVCache(slots), ids, [ids]
+            cache, new, steps = KVCache(), ids, [ids]
             for _ in range(context - 1):
                 probs = model(new, cache)[:, -1].float().softmax(-1)
                 new = torch.multinomial(probs, 1, generator=generator)

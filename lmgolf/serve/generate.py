@@ -55,7 +55,7 @@ class _Cached:
         new = ids[self.seen:]
         if self.cache is None or self.cache.length + len(new) > self.window:
             keep = self.window if self.cache is None else max(1, self.window // 2)
-            self.cache, new = KVCache(self.model.cfg.n_layer), ids[-keep:]
+            self.cache, new = KVCache(), ids[-keep:]
         x = torch.tensor([new], device=_device(self.model))
         out = self.model(x, self.cache)[0, -1]
         self.seen = len(ids)

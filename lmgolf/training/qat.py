@@ -101,10 +101,6 @@ class QAT(nn.Module):
     def cfg(self):
         return self.model.cfg
 
-    @property
-    def avg_depth(self):
-        return getattr(self.model, "avg_depth", None)
-
     def invalidate(self) -> None:
         """Forget the snapped values (with reuse=True, call it whenever the weights have changed)."""
         self._cache = None

@@ -117,10 +117,13 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         net = torch.compile(net)
     sampler = WindowSampler(data.train_tokens(), cfg.model.context, cfg.train.seed, ddp.rank, ddp.world_size)
 
+    last_usage = {}  # the last micro-batch's MoE expert usage, for the log
+
     def loss_of(x, y):
         with autocast(device, dtype):
-            logits = net(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1)) + model.extra_loss(y)
+            out = net(x, aux=True)
+        last_usage["experts"] = out.expert_usage
+        return F.cross_entropy(out.logits.view(-1, out.logits.size(-1)), y.view(-1)) + model.extra_loss(out, y)
 
     if want_compile(cfg.train.compile, device):  # compile outside the clock: a forward and backward per state
         x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps)
@@ -189,7 +192,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
                 print(f"step {step}: loss {train_loss:.4f}, {tok_s:,.0f} tokens/s, {elapsed:.0f} s, "
                       f"{budget_progress(cfg, step, elapsed):.0%} of the budget", flush=True)
             if step % cfg.train.log_every == 0 or step == 1:
-                extra = {"expert_usage": model.expert_usage()} if cfg.model.moe_experts else {}
+                extra = {"expert_usage": [[round(u, 4) for u in row] for row in last_usage["experts"].tolist()]} \
+                    if cfg.model.moe_experts else {}
                 log.write(step=step, loss=train_loss, lr_mult=lr_multiplier(fraction, cfg.train), elapsed=elapsed,
                           tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token, **extra)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
