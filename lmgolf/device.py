@@ -62,6 +62,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # init_distributed started the process group (and close_distributed ends it)
 
     @property
     def is_main(self) -> bool:
@@ -72,9 +73,18 @@ def init_distributed(device_choice: str) -> Dist:
     """Joins the torchrun process group when launched by torchrun; one process otherwise."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         use_nccl = device_choice != "cpu" and torch.cuda.is_available()
         if use_nccl:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend="nccl" if use_nccl else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns)
+
+
+def close_distributed(ddp: Dist) -> None:
+    """Ends a process group that init_distributed started, every rank together: a rank that exits while
+    another still talks to it can abort in the communication library's threads."""
+    if ddp.owns_group and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

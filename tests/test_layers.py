@@ -96,3 +96,22 @@ def test_runner_bundles_loading_and_scoring_and_nothing_for_writing_or_training(
 def test_runner_bundle_is_closed_under_real_imports(name):
     missing = sources.imports_of(name) - set(bundled_modules())
     assert not missing, f"{name} imports modules the runner leaves out: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", ["lmgolf.model.gpt", "lmgolf.packing.artifact", "lmgolf.config.schema"])
+def test_stripped_sources_are_the_same_program_without_docstrings(name):
+    import ast
+    original = sources.module_file(name).read_text()
+    stripped = sources.stripped(original)
+    assert len(stripped) < len(original) and "#" not in "".join(
+        line.split('"')[0].split("'")[0] for line in stripped.splitlines())  # no comment outside a string
+
+    def without_docstrings(tree):
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        return ast.dump(tree)
+
+    assert ast.dump(ast.parse(stripped)) == without_docstrings(ast.parse(original))

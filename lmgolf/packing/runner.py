@@ -2,7 +2,9 @@
 
 Parameter Golf counts the bytes of the code that turns the artifact into a score. lmgolf counts a
 single file that holds a small `main` and the lmgolf modules it needs: the closure of main's imports
-(lmgolf.sources.closure), so nothing else is bundled and nothing it needs is left out:
+(lmgolf.sources.closure), so nothing else is bundled and nothing it needs is left out. Each module is
+bundled without its docstrings and comments (lmgolf.sources.stripped): the same program, fewer counted
+bytes. Usage:
 
     python runner.py ARTIFACT DATA_FOLDER [--stride N] [--max-tokens N]
 
@@ -21,7 +23,7 @@ import lzma
 from pathlib import Path
 
 from lmgolf.runfiles import atomic_write_bytes
-from lmgolf.sources import closure, is_package, module_file
+from lmgolf.sources import closure, is_package, module_file, stripped
 from lmgolf.version import __version__
 
 RUNNER_KINDS = ("plain", "compressed")
@@ -95,7 +97,7 @@ def bundled_modules() -> list[str]:
 
 
 def _sources() -> dict[str, str]:
-    return {name: module_file(name).read_text(encoding="utf-8") for name in bundled_modules()}
+    return {name: stripped(module_file(name).read_text(encoding="utf-8")) for name in bundled_modules()}
 
 
 def runner_source(kind: str = "plain") -> str:

@@ -25,7 +25,7 @@ from lmgolf.training.checkpoint import CHECKPOINT_DIR, restore_training, save_ch
 from lmgolf.config import Config
 from lmgolf.model.count import count_module
 from lmgolf.data.folder import DataFolder
-from lmgolf.device import Dist, autocast, init_distributed, pick_device, pick_dtype, want_compile
+from lmgolf.device import Dist, autocast, close_distributed, init_distributed, pick_device, pick_dtype, want_compile
 from lmgolf.errors import LmgolfError
 from lmgolf.eval.evaluate import evaluate
 from lmgolf.data.loader import WindowSampler
@@ -211,6 +211,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         summary["qat_step"] = qat_step
     if ddp.is_main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    close_distributed(ddp)
     return summary
 
 
