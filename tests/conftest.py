@@ -51,3 +51,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def interrupt_at(step: int, cfg, data, out) -> None:
+    """Trains cfg into out and interrupts the run (a KeyboardInterrupt) right after optimizer step `step`."""
+    from lmgolf.training.trainer import train
+
+    def crash(done):
+        if done == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, out, progress=False, on_step=crash)

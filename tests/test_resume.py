@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import lmgolf.training.trainer as trainer
+from conftest import interrupt_at
 from lmgolf.config import load_config
 from lmgolf.errors import LmgolfError
 from lmgolf.training.checkpoint import load_model, read_state
@@ -111,13 +112,8 @@ def test_time_budget_extension_continues_to_the_new_budget(byte_data, tmp_path, 
 def test_resume_under_a_time_budget_ends_with_the_uninterrupted_weights(byte_data, tmp_path, fake_clock):
     cfg = lambda: tiny_cfg("train.time_budget=3", "train.checkpoint_every=2")  # noqa: E731
 
-    def crash(step):
-        if step == 5:
-            raise KeyboardInterrupt
-
     full = train(cfg(), byte_data, tmp_path / "full", progress=False)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(), byte_data, tmp_path / "cut", progress=False, on_step=crash)
+    interrupt_at(5, cfg(), byte_data, tmp_path / "cut")
     assert read_state(tmp_path / "cut")["elapsed"] == 2.0  # the checkpoint at step 4
     summary = resume(tmp_path / "cut", byte_data)
     assert summary["steps"] == full["steps"] == 6 and summary["elapsed"] == full["elapsed"] == 3.0
@@ -129,12 +125,7 @@ def test_bookkeeping_fields_change_without_changing_the_run(byte_data, tmp_path)
     cfg = lambda: tiny_cfg("train.max_steps=8", "train.checkpoint_every=4")  # noqa: E731
     train(cfg(), byte_data, tmp_path / "full", progress=False)
 
-    def crash(step):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(), byte_data, tmp_path / "cut", progress=False, on_step=crash)
+    interrupt_at(4, cfg(), byte_data, tmp_path / "cut")
     resume(tmp_path / "cut", byte_data, "train.log_every=2", "eval_every=2", "train.eval_tokens=256")
     after = [r["step"] for r in step_records(tmp_path / "cut")][4:]
     assert after == [6, 8]  # log_every=2 from the resume on

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from conftest import interrupt_at
 from lmgolf.training.checkpoint import load_model, read_state
 from lmgolf.config import load_config
 from lmgolf.errors import LmgolfError
@@ -42,12 +43,7 @@ def test_resume_continues_exactly(byte_data, tmp_path, optimizer):
     cfg = lambda: tiny_cfg("train.max_steps=8", "train.checkpoint_every=4", f"train.optimizer={optimizer}")  # noqa: E731
     train(cfg(), byte_data, tmp_path / "full", progress=False)
 
-    def crash(step):
-        if step == 6:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(), byte_data, tmp_path / "cut", progress=False, on_step=crash)
+    interrupt_at(6, cfg(), byte_data, tmp_path / "cut")
     assert read_state(tmp_path / "cut")["step"] == 4
     train(cfg(), byte_data, tmp_path / "cut", resume=True, progress=False)
     full, cut = losses(tmp_path / "full"), losses(tmp_path / "cut")
