@@ -215,3 +215,14 @@ def test_a_raised_budget_moves_qat_to_its_new_start(byte_data, tmp_path):
     summary = resume(tmp_path / "r", byte_data, "train.max_steps=8")
     assert summary["qat_step"] == 6
     assert [r["step"] for r in records(tmp_path / "r") if r.get("qat_on")] == [3, 6]
+
+
+def test_optimizer_state_that_does_not_fit_the_roles_is_a_one_line_error(byte_data, finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    groups = state["optimizers"][0]["param_groups"]
+    groups[0]["params"] = groups[0]["params"][:-1]  # as if a parameter had another optimizer role then
+    (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(LmgolfError, match=r"^checkpoint optimizer 0: its parameter groups do not fit") as refused:
+        resume(run, byte_data, "train.max_steps=8")
+    assert "\n" not in str(refused.value)

@@ -128,4 +128,8 @@ def _unflatten_optimizers(optimizers, tensors: dict[str, torch.Tensor], meta: li
         for name, value in m["scalars"].items():
             pid, key = name.split(".", 1)
             state.setdefault(int(pid), {})[key] = value
-        opt.load_state_dict({"state": state, "param_groups": m["param_groups"]})
+        try:
+            opt.load_state_dict({"state": state, "param_groups": m["param_groups"]})
+        except ValueError as e:  # e.g. a checkpoint written when lmgolf.params gave some parameters other roles
+            raise LmgolfError(f"checkpoint optimizer {i}: its parameter groups do not fit the optimizers this "
+                              f"model builds ({e})") from None
