@@ -411,13 +411,17 @@ def _pack_policy(cfg: Config, policy, codec: str | None, overrides: list[str]) -
 
 def generate(target, prompt: str = "", max_new_tokens: int = 200, *, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
-             device: str = "auto") -> str:
+             device: str = "auto", stream: bool = False):
     """The prompt and the text sampled after it from a run folder, an artifact, a Run or a Loaded
-    (stops early at a document end). temperature 0 is greedy; the same seed gives the same text."""
-    from lmgolf.serve.generate import generate as sample
+    (stops early at a document end). temperature 0 is greedy; the same seed gives the same text.
+    max_new_tokens is at most lmgolf.serve.generate.MAX_NEW_TOKENS (16,384). stream=True: an iterator
+    of text pieces as they are sampled (the prompt first), which join to the same text."""
+    from lmgolf.serve.generate import stream as sample, text_pieces
     loaded = _as_loaded(target, None, device)
     tokenizer = loaded.tokenizer
     ids = [tokenizer.bos_id] + (tokenizer.encode(prompt) if prompt else [])
     new = sample(loaded.model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                 stop_id=tokenizer.bos_id)
-    return prompt + tokenizer.decode(new)
+                 stop_id=tokenizer.bos_id)  # arguments are checked here, before the first token
+    if stream:
+        return (piece for part in ([prompt], text_pieces(tokenizer, new)) for piece in part if piece)
+    return prompt + tokenizer.decode(list(new))

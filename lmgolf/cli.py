@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="sample text from a run folder or an artifact")
     gen.add_argument("path")
     gen.add_argument("--prompt", default="")
-    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--max-new-tokens", type=int, default=200, help="at most 16384")
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
@@ -230,7 +230,10 @@ def cmd_eval(args) -> None:
 
 
 def cmd_pack(args) -> None:
-    from lmgolf.packing.runner import write_runner
+    from lmgolf.packing.runner import is_runner, write_runner
+    from lmgolf.runfiles import check_replaceable
+    if args.write_runner:  # refused before the artifact is written, not after
+        check_replaceable(args.write_runner, "runner file", is_runner)
     report = api.pack(args.run, args.out, policy=args.policy, codec=args.codec, overrides=args.overrides,
                       runner=args.runner, budget=args.budget, allow_over_budget=args.allow_over_budget, data=args.data)
     print(report.format())
@@ -274,8 +277,10 @@ def cmd_fit(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    print(api.generate(args.path, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, device=args.device))
+    for piece in api.generate(args.path, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed, device=args.device, stream=True):
+        print(piece, end="", flush=True)  # the text as it is sampled
+    print()
 
 
 def cmd_demo(args) -> None:

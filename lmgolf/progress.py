@@ -28,3 +28,36 @@ class MetricsLog:
         record.setdefault("time", time.time())
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def size(self) -> int | None:
+        """The bytes written so far (recorded in a checkpoint, to cut the log back to it on resume)."""
+        if self.path is None:
+            return None
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def rewind(self, size: int | None, step: int) -> None:
+        """Drops what was logged after a checkpoint, so that a resumed run logs each step once: the log is
+        cut back (atomically) to the `size` bytes it had at the checkpoint, or, without a usable size, to
+        the lines of steps up to `step` (a torn last line is dropped too)."""
+        if self.path is None or not self.path.is_file():
+            return
+        from lmgolf.runfiles import atomic_write_bytes
+        data = self.path.read_bytes()
+        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= len(data) \
+                and (size == 0 or data[size - 1:size] == b"\n"):
+            kept = data[:size]
+        else:
+            lines = []
+            for line in data.splitlines(keepends=True):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # torn by the interruption
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] <= step:
+                    lines.append(line if line.endswith(b"\n") else line + b"\n")
+            kept = b"".join(lines)
+        if kept != data:
+            atomic_write_bytes(self.path, kept)

@@ -36,7 +36,9 @@ def test_header_layout_is_as_documented(tmp_path):
     assert (magic, version, code, count) == (b"LMGSHARD", 1, 4, 5)
     assert raw[24:56] == bytes.fromhex(FINGERPRINT)
     assert struct.unpack_from("<I", raw, 56)[0] == 1
-    assert raw[60:HEADER_SIZE] == bytes(HEADER_SIZE - 60)
+    assert struct.unpack_from("<I", raw, 60)[0] == 1  # checksum kind: sha256 of the payload
+    assert raw[64:96] == hashlib.sha256(np.arange(5, dtype="<u4").tobytes()).digest()
+    assert raw[96:HEADER_SIZE] == bytes(HEADER_SIZE - 96)
     np.testing.assert_array_equal(np.frombuffer(raw[HEADER_SIZE:], dtype="<u4"), np.arange(5))
 
 
@@ -135,3 +137,69 @@ def test_pg_shard_round_trip_and_refusals(tmp_path):
     path.write_bytes(bytes(bad))
     with pytest.raises(LmgolfError, match="version 7"):
         read_pg_shard(path)
+
+
+def test_streamed_checksum_covers_every_chunk(tmp_path):
+    path = tmp_path / "s.bin"
+    with ShardWriter(path, FINGERPRINT, dtype=np.uint16) as writer:
+        writer.append(np.arange(10))
+        writer.append(np.arange(10, 20))
+    assert path.read_bytes()[64:96] == hashlib.sha256(np.arange(20, dtype="<u2").tobytes()).digest()
+
+
+def test_refuses_a_changed_value(tmp_path):
+    path = tmp_path / "x.bin"
+    write_shard(path, np.arange(100), FINGERPRINT)
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_SIZE + 7] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(LmgolfError, match=f"{path.name}: checksum mismatch"):
+        read_shard(path)
+    assert len(read_shard(path, verify=False)) == 100  # the header alone is still well formed
+
+
+def test_checksum_is_checked_in_chunks(tmp_path, monkeypatch):
+    from lmgolf.data import shards
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 6)
+    path = tmp_path / "x.bin"
+    write_shard(path, np.arange(1000), FINGERPRINT)
+    np.testing.assert_array_equal(read_shard(path, below=1000), np.arange(1000))
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(bytes(raw))
+    monkeypatch.setattr(shards, "_VERIFIED", {})  # a rewrite within the clock's granularity keeps size and mtime
+    with pytest.raises(LmgolfError, match="checksum mismatch"):
+        read_shard(path)
+
+
+def test_refuses_ids_outside_the_vocabulary(tmp_path):
+    path = tmp_path / "x.bin"
+    write_shard(path, np.array([0, 5, 9]), FINGERPRINT)
+    assert len(read_shard(path, below=10)) == 3
+    with pytest.raises(LmgolfError, match=f"{path.name}: token id 9 is outside the vocabulary of 9"):
+        read_shard(path, below=9)
+    with pytest.raises(LmgolfError, match="token id 9"):
+        read_shard(path, below=9, verify=False)
+
+
+def test_a_shard_without_checksum_still_loads(tmp_path, capsys):
+    """Shards written before the checksum field (zeros at offsets 60..96) load, with a note."""
+    path = tmp_path / "old.bin"
+    write_shard(path, np.arange(4), FINGERPRINT)
+    raw = bytearray(path.read_bytes())
+    raw[60:96] = bytes(36)
+    path.write_bytes(bytes(raw))
+    np.testing.assert_array_equal(read_shard(path, expect_fingerprint=FINGERPRINT, below=4), np.arange(4))
+    assert "no checksum" in capsys.readouterr().err
+    with pytest.raises(LmgolfError, match="token id 3"):
+        read_shard(path, below=3)
+
+
+def test_unknown_checksum_kind(tmp_path):
+    path = tmp_path / "x.bin"
+    write_shard(path, np.arange(4), FINGERPRINT)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<I", raw, 60, 7)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(LmgolfError, match="unknown checksum kind 7"):
+        read_shard(path)

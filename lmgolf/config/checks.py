@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from lmgolf.codecs import CODECS, OPTIONAL_CODECS, missing_codec_message
 from lmgolf.errors import LmgolfError
 from lmgolf.params import GROUPS
 from lmgolf.quantize import CLIP_RULES, STORAGES
+
+MAX_LAYERS = 1024      # blocks in one model
+MAX_PARAMS = 1 << 32   # parameters (16 GiB as float32), by the lower bound `min_params`
+
+
+def _finite(cfg, section: str) -> None:
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise LmgolfError(f"config field {section}.{f.name}: must be a finite number, got {v}")
+
+
+def min_params(cfg) -> int:
+    """A lower bound on a ModelConfig's parameter count from its fields alone, without building a model."""
+    d, e = cfg.d_model, cfg.embed_rank or cfg.d_model
+    n = cfg.vocab_size * (e + d * (not cfg.tie_embeddings)) + cfg.bigram_buckets * cfg.bigram_dim
+    n += cfg.context * d * (cfg.positions == "learned")
+    if cfg.family != "transformer":
+        return n + cfg.window * d * d
+    n_ssm = cfg.n_layer if cfg.ssm_layers.strip() == "all" else len(cfg.ssm_blocks)
+    mlp = d * cfg.hidden * (3 if cfg.mlp == "swiglu" else 2) * max(1, cfg.moe_experts)
+    attn = d * cfg.head_size * 2 * (cfg.n_head + cfg.kv_heads)
+    return n + cfg.n_layer * mlp + (cfg.n_layer - n_ssm) * attn + n_ssm * 2 * d * d * cfg.ssm_expand
 
 
 def check_model(cfg) -> None:
@@ -15,9 +41,19 @@ def check_model(cfg) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise LmgolfError(f"config field model.{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
+    _finite(cfg, "model")
     for name in ("vocab_size", "n_layer", "d_model", "n_head", "context"):
         if getattr(cfg, name) < 1:
             raise LmgolfError(f"config field model.{name}: must be >= 1")
+    for name in ("n_kv_head", "head_dim", "mlp_hidden", "mlp_mult", "moe_experts", "window", "bigram_dim", "ssm_expand"):
+        if (getattr(cfg, name) or 0) < 0:
+            raise LmgolfError(f"config field model.{name}: must be >= 0")
+    n = min_params(cfg)
+    if n > MAX_PARAMS:
+        raise LmgolfError(f"config fields model.vocab_size={cfg.vocab_size}, n_layer={cfg.n_layer}, d_model={cfg.d_model}: "
+                          f"at least {n:,} parameters, {4 * n / 2**30:,.1f} GiB as float32, over the limit of {MAX_PARAMS:,}")
+    if cfg.n_layer > MAX_LAYERS:
+        raise LmgolfError(f"config field model.n_layer: {cfg.n_layer} blocks, over the limit of {MAX_LAYERS}")
     if cfg.head_dim is None and cfg.d_model % cfg.n_head:
         raise LmgolfError(f"config fields model.d_model and model.n_head: {cfg.d_model} is not divisible by {cfg.n_head}")
     if cfg.n_head % cfg.kv_heads:
@@ -81,9 +117,21 @@ def check_train(cfg) -> None:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise LmgolfError(f"config field train.{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
-    for name in ("batch_tokens", "micro_batch"):
+    _finite(cfg, "train")
+    for name in ("batch_tokens", "micro_batch", "log_every", "eval_tokens"):
         if getattr(cfg, name) < 1:
             raise LmgolfError(f"config field train.{name}: must be >= 1")
+    for name in ("lr", "matrix_lr", "embed_lr", "head_lr", "scalar_lr"):
+        if not getattr(cfg, name) > 0:
+            raise LmgolfError(f"config field train.{name}: a learning rate must be > 0, got {getattr(cfg, name)}")
+    for name in ("momentum", "beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise LmgolfError(f"config field train.{name}: must lie in [0, 1), got {getattr(cfg, name)}")
+    for name in ("weight_decay", "grad_clip", "eval_every", "checkpoint_every"):
+        if getattr(cfg, name) < 0:
+            raise LmgolfError(f"config field train.{name}: must be >= 0")
+    if not 0 <= cfg.min_lr_frac <= 1:
+        raise LmgolfError("config field train.min_lr_frac: must lie in [0, 1]")
     if cfg.max_steps < 0 or cfg.time_budget < 0:
         raise LmgolfError("config fields train.max_steps and train.time_budget: must be >= 0")
     if not 0 <= cfg.warmup + cfg.warmdown <= 1:
@@ -94,6 +142,7 @@ def check_train(cfg) -> None:
 
 def check_pack(cfg) -> None:
     """A PackPolicy's fields: codec, storages, clip rules and the groups or patterns its rules name."""
+    _finite(cfg, "pack")
     if cfg.codec in OPTIONAL_CODECS and cfg.codec not in CODECS:
         raise LmgolfError(f"config field pack.codec: {missing_codec_message(cfg.codec)}")
     if cfg.codec not in CODECS:

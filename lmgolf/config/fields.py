@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 
@@ -45,6 +46,8 @@ def coerce(value, annotation, where: str):
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value if isinstance(value, float) else 0 if abs(value) < 1e300 else math.inf):
+                raise LmgolfError(f"{where}: must be a finite number, got {value}")
             return float(value)
         if kind is str and isinstance(value, str):
             return value

@@ -1,4 +1,9 @@
-"""A prepared data folder (written by `lmgolf data prepare`), opened for training and evaluation."""
+"""A prepared data folder (written by `lmgolf data prepare`), opened for training and evaluation.
+
+What it checks before handing anything out (docs/data.md, "What is verified"): the tokenizer files match
+meta.json's fingerprint, vocab_size and bos_id; every shard's checksum and fingerprint; every token id is
+below the vocabulary size; the token counts match meta.json's, and the val byte counts sum to its val bytes.
+"""
 
 from __future__ import annotations
 
@@ -30,22 +35,65 @@ class DataFolder:
     def bos_id(self) -> int:
         return int(self.meta["tokenizer"]["bos_id"])
 
+    @cached_property
+    def _tokenizer(self) -> Tokenizer:
+        folder = self.path / "tokenizer"
+        tokenizer = load_tokenizer(folder)
+        meta = self.path / "meta.json"
+        if tokenizer.fingerprint != self.fingerprint:
+            raise LmgolfError(f"{folder}: its files changed after the data was prepared (fingerprint "
+                              f"{tokenizer.fingerprint[:12]}…, {meta} and the shards say {self.fingerprint[:12]}…)")
+        for field in ("vocab_size", "bos_id"):
+            if int(getattr(tokenizer, field)) != self.meta["tokenizer"][field]:
+                raise LmgolfError(f"{meta}: field tokenizer.{field}: {self.meta['tokenizer'][field]}, but the "
+                                  f"tokenizer in {folder} has {getattr(tokenizer, field)}")
+        return tokenizer
+
     def tokenizer(self) -> Tokenizer:
-        return load_tokenizer(self.path / "tokenizer")
+        """The folder's tokenizer, checked against meta.json (fingerprint, vocab_size, bos_id)."""
+        return self._tokenizer
+
+    def _check_count(self, path: Path, split: str, tokens: int) -> None:
+        recorded = self.meta["counts"][split]["tokens"]
+        if tokens != recorded:
+            raise LmgolfError(f"{path}: {tokens} tokens, but {self.path / 'meta.json'} field counts.{split}.tokens "
+                              f"says {recorded}")
+
+    @cached_property
+    def _train(self) -> np.ndarray:
+        path = self.path / "train.bin"
+        tokens = read_shard(path, expect_fingerprint=self.fingerprint, expect_kind="tokens", below=self.vocab_size)
+        self._check_count(path, "train", len(tokens))
+        return tokens
 
     def train_tokens(self) -> np.ndarray:
-        return read_shard(self.path / "train.bin", expect_fingerprint=self.fingerprint, expect_kind="tokens")
+        """train.bin as a memmap, its checksum, ids and count checked (the file is read once per process)."""
+        return self._train
 
     @cached_property
     def _val(self) -> tuple[np.ndarray, np.ndarray]:
-        tokens = read_shard(self.path / "val.bin", expect_fingerprint=self.fingerprint, expect_kind="tokens")
-        nbytes = read_shard(self.path / "val_bytes.bin", expect_fingerprint=self.fingerprint, expect_kind="bytes")
+        self.tokenizer()
+        tokens_path, bytes_path = self.path / "val.bin", self.path / "val_bytes.bin"
+        tokens = read_shard(tokens_path, expect_fingerprint=self.fingerprint, expect_kind="tokens", below=self.vocab_size)
+        nbytes = read_shard(bytes_path, expect_fingerprint=self.fingerprint, expect_kind="bytes")
         if len(tokens) != len(nbytes):
-            raise LmgolfError(f"{self.path / 'val_bytes.bin'}: {len(nbytes)} byte counts for {len(tokens)} tokens")
+            raise LmgolfError(f"{bytes_path}: {len(nbytes)} byte counts for {len(tokens)} tokens")
+        self._check_count(tokens_path, "val", len(tokens))
+        total, recorded = int(np.sum(nbytes, dtype=np.int64)), self.meta["counts"]["val"]["bytes"]
+        if total != recorded:
+            raise LmgolfError(f"{bytes_path}: byte counts sum to {total}, but {self.path / 'meta.json'} field "
+                              f"counts.val.bytes says {recorded}")
         return tokens, nbytes
 
     def val_tokens_and_bytes(self) -> tuple[np.ndarray, np.ndarray]:
+        """val.bin and val_bytes.bin, checked: checksums, ids, counts, and the bytes summing to meta.json's."""
         return self._val
+
+    def check(self) -> None:
+        """Everything training reads, checked up front (before a run folder is written)."""
+        self.tokenizer()
+        self.train_tokens()
+        self.val_tokens_and_bytes()
 
     def describe(self) -> dict:
         """What a run folder records about its data."""

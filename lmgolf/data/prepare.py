@@ -27,7 +27,7 @@ from lmgolf.data.meta import DATA_FORMAT, DATA_FORMAT_VERSION
 from lmgolf.data.corpora import DATA_DIR_ENV, Corpus, load_corpus
 from lmgolf.errors import LmgolfError
 from lmgolf.progress import progress_bar
-from lmgolf.runfiles import atomic_write_text, sha256_file, use_default_permissions
+from lmgolf.runfiles import atomic_write_text, remove_stale_temps, sha256_file, temp_prefix, use_default_permissions
 from lmgolf.data.shards import ShardWriter, dtype_for_vocab, read_pg_shard, write_shard
 
 UTF8_RULE = "utf-8"
@@ -63,13 +63,14 @@ def check_output(out: Path, overwrite: bool) -> None:
 def staging_folder(out: Path):
     """A temp folder beside `out`; on success it replaces `out`, on failure it is removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out.name), suffix=".tmp"))
     use_default_permissions(staging)
     try:
         yield staging
         replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    remove_stale_temps(out, (".tmp", ".old"))  # what a killed earlier prepare of `out` left beside it
 
 
 def replace_folder(new: Path, out: Path) -> None:
@@ -77,7 +78,7 @@ def replace_folder(new: Path, out: Path) -> None:
     if not out.exists():
         os.replace(new, out)
         return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_prefix(out.name), suffix=".old"))
     os.replace(out, old / "previous")
     try:
         os.replace(new, out)

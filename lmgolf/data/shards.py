@@ -9,13 +9,20 @@ lmgolf shard = a 256-byte little-endian header, then `count` values (uint16 or u
         16     8  count (u64): number of values
         24    32  tokenizer fingerprint (raw sha256 bytes)
         56     4  content kind (u32): 0 = token ids, 1 = per-token byte counts
-        60   196  zeros
+        60     4  checksum kind (u32): 0 = none (shards written before checksums), 1 = sha256 of the payload
+        64    32  the payload's sha256 (raw bytes; zeros when the checksum kind is 0)
+        96   160  zeros
+
+read_shard verifies the checksum while reading the payload once, in chunks, and remembers the verdict for
+the process (keyed by path, size, mtime, ctime and inode), so a shard is hashed at most once per process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,7 +34,9 @@ from lmgolf.runfiles import atomic_write_bytes, use_default_permissions
 MAGIC = b"LMGSHARD"
 VERSION = 1
 HEADER_SIZE = 256
-HEADER = struct.Struct("<8sIIQ32sI")
+HEADER = struct.Struct("<8sIIQ32sII32s")
+SHA256 = 1  # checksum kind
+CHUNK_BYTES = 1 << 24  # payloads are hashed and range-checked in chunks of this many bytes
 DTYPE_BY_CODE = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 KIND_CODES = {"tokens": 0, "bytes": 1}
 
@@ -75,9 +84,9 @@ def shard_dtype(dtype) -> np.dtype:
     raise LmgolfError(f"dtype: shards hold uint16 or uint32 values, not {np.dtype(dtype)}")
 
 
-def encode_header(dtype: np.dtype, count: int, fingerprint: str, kind: str) -> bytes:
+def encode_header(dtype: np.dtype, count: int, fingerprint: str, kind: str, sha256: bytes = bytes(32)) -> bytes:
     code = dtype.itemsize
-    header = HEADER.pack(MAGIC, VERSION, code, count, fingerprint_bytes(fingerprint), kind_code(kind))
+    header = HEADER.pack(MAGIC, VERSION, code, count, fingerprint_bytes(fingerprint), kind_code(kind), SHA256, sha256)
     return header.ljust(HEADER_SIZE, b"\0")
 
 
@@ -94,6 +103,7 @@ class ShardWriter:
         self.fingerprint = fingerprint
         self.kind = kind
         self.count = 0
+        self.digest = hashlib.sha256()
         encode_header(self.dtype, 0, fingerprint, kind)  # validates fingerprint and kind before any file exists
         handle, self.temp_name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         self.file = os.fdopen(handle, "wb")
@@ -108,13 +118,15 @@ class ShardWriter:
         low, high = int(values.min()), int(values.max())
         if low < 0 or high > np.iinfo(self.dtype).max:
             raise LmgolfError(f"{self.path}: value {low if low < 0 else high} does not fit in {self.dtype.name}")
-        self.file.write(values.astype(self.dtype, copy=False).ravel().tobytes())
+        payload = values.astype(self.dtype, copy=False).ravel().tobytes()
+        self.digest.update(payload)
+        self.file.write(payload)
         self.count += values.size
 
     def close(self) -> None:
         try:
             self.file.seek(0)
-            self.file.write(encode_header(self.dtype, self.count, self.fingerprint, self.kind))
+            self.file.write(encode_header(self.dtype, self.count, self.fingerprint, self.kind, self.digest.digest()))
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
@@ -148,12 +160,12 @@ def write_shard(path: str | Path, values: np.ndarray, fingerprint: str, kind: st
         writer.append(values)
 
 
-def read_header(path: Path, file_size: int) -> tuple[np.dtype, int, str, str]:
-    """(dtype, count, fingerprint hex, kind) from a shard's header, every field checked."""
+def read_header(path: Path, file_size: int) -> tuple[np.dtype, int, str, str, bytes | None]:
+    """(dtype, count, fingerprint hex, kind, payload sha256 or None) from a shard's header, every field checked."""
     if file_size < HEADER_SIZE:
         raise LmgolfError(f"{path}: truncated shard ({file_size} bytes, shorter than the {HEADER_SIZE}-byte header)")
     with open(path, "rb") as file:
-        magic, version, code, count, fingerprint, kind = HEADER.unpack(file.read(HEADER.size))
+        magic, version, code, count, fingerprint, kind, checksum_kind, sha256 = HEADER.unpack(file.read(HEADER.size))
     if magic != MAGIC:
         raise LmgolfError(f"{path}: not an lmgolf shard (bad magic {magic!r})")
     if version != VERSION:
@@ -163,7 +175,9 @@ def read_header(path: Path, file_size: int) -> tuple[np.dtype, int, str, str]:
     kinds = {number: name for name, number in KIND_CODES.items()}
     if kind not in kinds:
         raise LmgolfError(f"{path}: unknown content kind {kind}")
-    return DTYPE_BY_CODE[code], count, fingerprint.hex(), kinds[kind]
+    if checksum_kind not in (0, SHA256):
+        raise LmgolfError(f"{path}: unknown checksum kind {checksum_kind}")
+    return DTYPE_BY_CODE[code], count, fingerprint.hex(), kinds[kind], sha256 if checksum_kind else None
 
 
 def map_values(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarray:
@@ -173,14 +187,41 @@ def map_values(path: Path, dtype: np.dtype, offset: int, count: int) -> np.ndarr
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
 
 
-def read_shard(path: str | Path, expect_fingerprint: str | None = None, expect_kind: str | None = None) -> np.memmap:
-    """The values of a shard as a read-only memmap, after checking the header, the size, and what is expected."""
+_VERIFIED: dict[tuple, tuple[int, bool]] = {}  # (path, size, mtime, ctime, inode) -> (largest value, checksum checked)
+
+
+def scan_payload(path: Path, dtype: np.dtype, count: int, sha256: bytes | None) -> int:
+    """Reads the payload once, in chunks: checks its sha256 (when the header has one); returns the largest value."""
+    digest, largest, left = hashlib.sha256(), 0, count * dtype.itemsize
+    buffer = memoryview(bytearray(min(CHUNK_BYTES, left)))
+    with open(path, "rb") as file:
+        file.seek(HEADER_SIZE)
+        while left:
+            got = file.readinto(buffer[:min(len(buffer), left)])
+            if not got:
+                raise LmgolfError(f"{path}: truncated shard (the file ended while reading it)")
+            digest.update(buffer[:got])
+            largest = max(largest, int(np.frombuffer(buffer[:got], dtype=dtype).max()))
+            left -= got
+    if sha256 is not None and digest.digest() != sha256:
+        raise LmgolfError(f"{path}: checksum mismatch: its values changed after it was written "
+                          f"(payload sha256 {digest.hexdigest()[:12]}…, header {sha256.hex()[:12]}…); prepare the data again")
+    return largest
+
+
+def read_shard(path: str | Path, expect_fingerprint: str | None = None, expect_kind: str | None = None,
+               below: int | None = None, verify: bool = True) -> np.memmap:
+    """The values of a shard as a read-only memmap, after checking the header, the size, and what is expected.
+
+    verify: read the payload once (per process and file version) to check its checksum. below: every value
+    must be smaller (a vocabulary size); checked in the same pass."""
     path = Path(path)
     try:
-        file_size = path.stat().st_size
+        stat = path.stat()
     except OSError as error:
         raise LmgolfError(f"{path}: cannot read shard ({error.strerror or error})") from None
-    dtype, count, fingerprint, kind = read_header(path, file_size)
+    file_size = stat.st_size
+    dtype, count, fingerprint, kind, sha256 = read_header(path, file_size)
     expected_size = HEADER_SIZE + count * dtype.itemsize
     if file_size != expected_size:
         raise LmgolfError(f"{path}: truncated or padded shard ({file_size} bytes; the header's {count} "
@@ -190,6 +231,15 @@ def read_shard(path: str | Path, expect_fingerprint: str | None = None, expect_k
                           f"expected {expect_fingerprint[:12]}…)")
     if expect_kind is not None and kind != expect_kind:
         raise LmgolfError(f"{path}: holds {kind}, expected {expect_kind}")
+    key = (str(path.resolve()), file_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    done = _VERIFIED.get(key)  # (largest value, checksum checked)
+    if count and (verify or below is not None) and (done is None or (verify and not done[1])):
+        if sha256 is None and verify:
+            print(f"note: {path}: no checksum (written by an earlier lmgolf), so its values are not verified; "
+                  f"prepare the data again to add one", file=sys.stderr)
+        done = _VERIFIED[key] = (scan_payload(path, dtype, count, sha256 if verify else None), verify)
+    if count and below is not None and done[0] >= below:
+        raise LmgolfError(f"{path}: token id {done[0]} is outside the vocabulary of {below} (ids 0..{below - 1})")
     return map_values(path, dtype, HEADER_SIZE, count)
 
 

@@ -202,6 +202,9 @@ def evaluate(model, tokens: np.ndarray, nbytes: np.ndarray, context: int, stride
     Under torchrun, each process scores every world_size-th window and the sums are all-reduced."""
     stride = stride or context
     n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    largest = int(np.max(tokens[:n])) if n else 0
+    if largest >= model.cfg.vocab_size:  # an embedding lookup would fail with a bare IndexError
+        raise LmgolfError(f"validation tokens: id {largest} is outside the model's vocabulary of {model.cfg.vocab_size}")
     if docs:
         check_stride(stride, context)
         plan = document_plan(tokens, n, context, stride, resolve_bos(model, bos_id))

@@ -34,6 +34,7 @@ FORMAT_VERSION = 1
 MAGIC = b"LMGOLF\x00"
 PREAMBLE = len(MAGIC) + 1 + 1 + 32  # magic, version, codec id, sha256
 BUDGET = 16_000_000  # the Parameter Golf limit: decimal bytes of artifact plus code
+MAX_HEADER = 1 << 25  # bytes of JSON header; the blob section is bounded by the config's shapes
 
 BLOB_DTYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32,
                "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -168,8 +169,41 @@ def container(codec_name: str, payload: bytes) -> bytes:
     return preamble + codec.compress(payload)
 
 
-def read_payload(path: Path) -> tuple[bytes, str]:
-    """The verified uncompressed payload and the codec name."""
+def _expected_shapes(header: dict, source: str) -> dict[str, list[int]]:
+    """The state-dict shapes of the header's config, from a model on the meta device (nothing allocated;
+    the config's checks bound its size first)."""
+    where = f"{source}: header field 'config'"
+    try:
+        cfg = Config.from_dict(header.get("config"), source=where)
+    except LmgolfError as e:  # the cross-field checks name the field, not the file
+        raise LmgolfError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+    with torch.device("meta"):
+        return {k: list(v.shape) for k, v in GPT(cfg.model).state_dict().items()}
+
+
+def _blob_cap(header: dict, source: str) -> int:
+    """The size of the blob section the header describes, once its tensors match its config's shapes."""
+    entries, shapes = header.get("tensors"), _expected_shapes(header, source)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):
+        raise LmgolfError(f"{source}: header field 'tensors' missing or not a list")
+    names = [e.get("name") for e in entries]
+    for e in entries:
+        if shapes.get(e.get("name"), e.get("shape")) != e.get("shape"):
+            raise LmgolfError(f"{source}: tensor {e['name']} has shape {e.get('shape')}, its config gives {shapes[e['name']]}")
+    if set(names) != set(shapes) or len(names) != len(shapes):
+        odd = sorted(set(names) ^ set(shapes)) or ["(a duplicate)"]
+        raise LmgolfError(f"{source}: the tensors do not match the config's model ({odd[0]})")
+    ends = [b.get("offset", 0) + b.get("length", 0) for e in entries for b in e.get("blobs") or [] if isinstance(b, dict)
+            and isinstance(b.get("offset", 0), int) and isinstance(b.get("length", 0), int)]
+    cap, params = max(ends, default=0), sum(int(np.prod(v, dtype=np.int64)) for v in shapes.values())
+    if cap > 8 * params + (1 << 20):
+        raise LmgolfError(f"{source}: the header lists {cap:,} bytes of blobs for {params:,} parameters")
+    return cap
+
+
+def _read(path: Path) -> tuple[dict, memoryview, str, bytes]:
+    """(header, blob section, codec name, sha256 of the payload), decompressed a bounded piece at a time:
+    the header first (at most MAX_HEADER bytes), then exactly the blob section its checked tensors describe."""
     if not path.is_file():
         raise LmgolfError(f"{path}: no such artifact")
     data = path.read_bytes()
@@ -187,19 +221,35 @@ def read_payload(path: Path) -> tuple[bytes, str]:
     name, codec = found
     expected = data[len(MAGIC) + 2:PREAMBLE]
     try:
-        payload = codec.decompress(data[PREAMBLE:])
+        reader = codec.reader(data[PREAMBLE:])
+        head = reader.read(4)
+        n = struct.unpack("<I", head)[0] if len(head) == 4 else 0
+        if n > MAX_HEADER:
+            raise LmgolfError(f"{path}: header length {n:,} bytes, over the limit of {MAX_HEADER:,}")
+        head += reader.read(n)
+        header, _ = split_payload(bytes(head), str(path))
+        blobs = reader.read(_blob_cap(header, str(path)))
+        if reader.read(1):
+            raise LmgolfError(f"{path}: corrupt payload, more data follows the blobs its header lists")
     except ValueError as e:
         raise LmgolfError(f"{path}: corrupt {name} payload ({e})") from None
-    if hashlib.sha256(payload).digest() != expected:
+    digest = hashlib.sha256(head)
+    digest.update(blobs)
+    if digest.digest() != expected:
         raise LmgolfError(f"{path}: checksum mismatch, the artifact is corrupt")
-    return payload, name
+    return header, memoryview(blobs), name, bytes(head)
+
+
+def read_payload(path: Path) -> tuple[bytes, str]:
+    """The verified uncompressed payload and the codec name."""
+    _, blobs, name, head = _read(Path(path))
+    return head + blobs, name
 
 
 def read_header(path: str | Path) -> dict:
     """The artifact's JSON header (config, tokenizer, tensor index), plus `codec` and `artifact_bytes`."""
     path = Path(path)
-    payload, codec = read_payload(path)
-    header, _ = split_payload(payload, str(path))
+    header, _, codec, _ = _read(path)
     return {**header, "codec": codec, "artifact_bytes": path.stat().st_size}
 
 
@@ -220,8 +270,7 @@ def _load_tokenizer(info: object, path: Path):
 def load_artifact(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode with the dequantized weights, config, tokenizer, header info)."""
     path = Path(path)
-    payload, codec = read_payload(path)
-    header, blobs = split_payload(payload, str(path))
+    header, blobs, codec, _ = _read(path)
     cfg = Config.from_dict(header.get("config"), source=f"{path}: header field 'config'")
     tokenizer = _load_tokenizer(header.get("tokenizer"), path)
     weights = read_tensors(header.get("tensors"), blobs, str(path))

@@ -22,7 +22,7 @@ import base64
 import lzma
 from pathlib import Path
 
-from lmgolf.runfiles import atomic_write_bytes
+from lmgolf.runfiles import atomic_write_bytes, check_replaceable
 from lmgolf.sources import closure, is_package, module_file, stripped
 from lmgolf.version import __version__
 
@@ -116,8 +116,17 @@ def runner_bytes(kind: str = "plain") -> int:
     return len(runner_source(kind).encode("utf-8"))
 
 
+def is_runner(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a runner file (either kind, any lmgolf version)."""
+    first = head.split(b"\n", 1)[0]
+    return (first.startswith(b'"""lmgolf ') and b" runner: python runner.py " in first) or \
+        head.startswith(b'import base64,lzma\nexec(lzma.decompress(base64.b85decode("')
+
+
 def write_runner(path: str | Path, kind: str = "plain") -> int:
-    """Writes the runner file atomically and returns its size in bytes."""
+    """Writes the runner file atomically and returns its size in bytes. Replaces only an earlier runner
+    file (lmgolf.runfiles.check_replaceable)."""
+    check_replaceable(path, "runner file", is_runner)
     data = runner_source(kind).encode("utf-8")
     atomic_write_bytes(path, data)
     return len(data)

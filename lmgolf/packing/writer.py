@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lmgolf.version import __version__
-from lmgolf.packing.artifact import (BUDGET, FORMAT_VERSION, Packed, container, encode_payload, layout,
+from lmgolf.packing.artifact import (BUDGET, FORMAT_VERSION, MAGIC, Packed, container, encode_payload, layout,
                              policy_header, read_tensors, split_payload, tokenizer_header)
 from lmgolf.codecs import CODECS
 from lmgolf.config import Config, PackPolicy
@@ -28,7 +28,7 @@ from lmgolf.errors import LmgolfError
 from lmgolf.model.gpt import GPT
 from lmgolf.packing.policy import export_rows, prune_masks, storage_for, storages_for
 from lmgolf.quantize import STORAGES, as_rows
-from lmgolf.runfiles import atomic_write_bytes
+from lmgolf.runfiles import atomic_write_bytes, check_replaceable
 
 
 def calibrate(model: GPT, policy: PackPolicy, train_tokens: np.ndarray | None = None) -> dict[str, torch.Tensor]:
@@ -155,6 +155,7 @@ def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolic
     defaults to the config's pack section; code bytes are those of the runner file; train_tokens feed
     GPTQ's calibration."""
     started = time.perf_counter()
+    check_replaceable(path, "artifact", lambda head: head.startswith(MAGIC))  # before any work: overwrite only an artifact
     policy = cfg.pack if policy is None else policy
     policy.validate()
     if model.cfg != cfg.model:
@@ -175,5 +176,6 @@ def pack(model: GPT, cfg: Config, tokenizer, path: str | Path, policy: PackPolic
     if not report.fits() and not allow_over_budget:
         raise LmgolfError(f"{path}: not written, {report.verdict()}; "
                           "pass allow_over_budget (--allow-over-budget) to write it anyway")
+    check_replaceable(path, "artifact", lambda head: head.startswith(MAGIC))  # again: packing takes a while
     atomic_write_bytes(path, data)
     return report

@@ -10,6 +10,7 @@ Within the context both modes compute the same logits; past it they differ, by d
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -17,15 +18,16 @@ import torch
 from lmgolf.errors import LmgolfError
 from lmgolf.model.gpt import GPT, KVCache
 
+MAX_NEW_TOKENS = 16_384  # the most tokens one call samples
 
 def _check_args(prompt_ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
                 top_p: float | None) -> None:
     if len(prompt_ids) == 0:
         raise LmgolfError("prompt_ids: need at least one token (start with the tokenizer's bos_id)")
-    if max_new_tokens < 0:
-        raise LmgolfError("max_new_tokens: must be >= 0")
-    if temperature < 0:
-        raise LmgolfError("temperature: must be >= 0 (0 means greedy)")
+    if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise LmgolfError(f"max_new_tokens: must lie in [0, {MAX_NEW_TOKENS}], got {max_new_tokens}")
+    if not 0 <= temperature < math.inf:
+        raise LmgolfError(f"temperature: must be finite and >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise LmgolfError("top_k: must be >= 1")
     if top_p is not None and not 0 < top_p <= 1:
@@ -120,3 +122,24 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature
              stop_id: int | None = None) -> list[int]:
     """The new token ids (the prompt excluded). temperature 0 is greedy; see `stream`."""
     return list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_id))
+
+
+def text_pieces(tokenizer, ids: Iterator[int]) -> Iterator[str]:
+    """The text of a stream of token ids as it comes, each piece once it decodes cleanly (no partial
+    UTF-8 character at its end); the pieces join to tokenizer.decode(all ids). Only a short tail is
+    decoded again at each token."""
+    done, anchor, shown = [], 0, ""  # shown: the text of done[anchor:] yielded so far
+    for token in ids:
+        done.append(token)
+        text = tokenizer.decode(done[anchor:])
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            if len(text) > len(shown):
+                yield text[len(shown):]
+            shown = text
+            if len(done) - anchor > 64:  # move the anchor where the tail decodes to the text's own end
+                tail = tokenizer.decode(done[-16:])
+                if text.endswith(tail):
+                    anchor, shown = len(done) - 16, tail
+    text = tokenizer.decode(done[anchor:])
+    if text.startswith(shown) and len(text) > len(shown):
+        yield text[len(shown):]

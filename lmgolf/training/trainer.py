@@ -21,9 +21,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from lmgolf.training.checkpoint import CHECKPOINT_DIR, restore_training, save_checkpoint
+from lmgolf.training.checkpoint import CHECKPOINT_DIR, check_out_folder, restore_training, save_checkpoint
 from lmgolf.config import Config
-from lmgolf.model.count import count_module
+from lmgolf.model.count import check_training_memory, count_module
 from lmgolf.data.folder import DataFolder
 from lmgolf.device import Dist, autocast, close_distributed, init_distributed, pick_device, pick_dtype, want_compile
 from lmgolf.errors import LmgolfError
@@ -33,7 +33,7 @@ from lmgolf.model.gpt import GPT
 from lmgolf.training.optim import build_optimizers, lr_multiplier, set_lr
 from lmgolf.progress import MetricsLog, progress_bar
 from lmgolf.training.qat import QAT, qat_due
-from lmgolf.training.resume import check_resume
+from lmgolf.training.resume import _finished_at, check_resume
 from lmgolf.runfiles import atomic_write_text
 from lmgolf.runinfo import run_record
 
@@ -81,16 +81,15 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     device = pick_device(cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, device)
     data = DataFolder(data_dir)
+    data.check()  # tokenizer, checksums, token ids and counts: refused before anything is written
     cfg.model.vocab_size = data.vocab_size
     cfg.model.bos_id = data.bos_id
     cfg.validate()
     out_dir = Path(out_dir)
-    if (out_dir / CHECKPOINT_DIR).exists() and not resume:
-        raise LmgolfError(f"{out_dir}: a run is already there; pass --resume to continue it or choose another --out")
-    if resume and not (out_dir / CHECKPOINT_DIR).exists():
-        raise LmgolfError(f"{out_dir}: no checkpoint to resume from")
+    check_out_folder(out_dir, resume)  # a fresh run only into an empty folder or a run's without checkpoint
     changes = check_resume(out_dir, cfg, data) if resume else {}  # refuses before anything is written
     plan = plan_batch(cfg, ddp.world_size)
+    check_training_memory(cfg.model, device)  # a model that cannot fit is refused before it is built
 
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
@@ -108,6 +107,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         _write_run_folder(out_dir, cfg, data, ddp, device, dtype)
     log = MetricsLog(out_dir / "metrics.jsonl" if ddp.is_main else None)
     if resume:
+        # each step once: drop what was logged after the checkpoint (a finished run keeps its final validation)
+        log.rewind(None if _finished_at(out_dir) == step else state["extra"].get("metrics_bytes"), step)
         log.write(step=step, resumed=True, elapsed=elapsed, changed={k: list(v) for k, v in changes.items()})
 
     qat = QAT(model, cfg.pack, reuse=True) if cfg.train.qat else None  # `model` keeps the weights and their names
@@ -181,8 +182,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         elapsed += step_seconds
         step += 1
         if not math.isfinite(train_loss):
+            kept = (f"the last checkpoint in {out_dir / CHECKPOINT_DIR} is intact" if (out_dir / CHECKPOINT_DIR).is_dir()
+                    else "no checkpoint was written yet")
             raise LmgolfError(f"training diverged: the loss is {train_loss} at step {step}; stopped without saving, "
-                              f"the last checkpoint in {out_dir / CHECKPOINT_DIR} is intact (try a lower learning rate)")
+                              f"{kept} (try a lower learning rate)")
         tok_s = tokens_per_step / step_seconds
         if ddp.is_main:
             bar.n = min(100.0, round(100 * budget_progress(cfg, step, elapsed), 1))
@@ -217,10 +220,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
 
 def _write_run_folder(out_dir: Path, cfg: Config, data: DataFolder, ddp: Dist, device, dtype) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(out_dir / "config.json")
     record = run_record()
     record.update(data=data.describe(), device=str(device), dtype=str(dtype), world_size=ddp.world_size)
-    atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2) + "\n")  # first: it marks a run folder
+    cfg.save(out_dir / "config.json")
     shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)
     data.tokenizer().save(out_dir / "tokenizer")
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -247,7 +250,8 @@ def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist, qat_s
     if ddp.is_main:  # the sampler is a pure function of (seed, step): the step is the data position
         position = {"sampler": "WindowSampler", "seed": cfg.train.seed, "next_step": step}
         save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed,
-                        extra={"data_position": position, "qat_step": qat_step})
+                        extra={"data_position": position, "qat_step": qat_step,
+                               "metrics_bytes": MetricsLog(out_dir / "metrics.jsonl").size()})
     if ddp.world_size > 1:
         dist.barrier()
 
