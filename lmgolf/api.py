@@ -425,3 +425,9 @@ def generate(target, prompt: str = "", max_new_tokens: int = 200, *, temperature
     if stream:
         return (piece for part in ([prompt], text_pieces(tokenizer, new)) for piece in part if piece)
     return prompt + tokenizer.decode(list(new))
+
+
+def check_legality(mode, model, tokens, nbytes, **options):
+    """Checks an evaluation mode of your own as the built-in ones are checked (lmgolf.eval.legality)."""
+    from lmgolf.eval.legality import check_legality as check
+    return check(mode, model, tokens, nbytes, **options)

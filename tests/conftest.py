@@ -63,3 +63,21 @@ def interrupt_at(step: int, cfg, data, out) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         train(cfg, data, out, progress=False, on_step=crash)
+
+
+def cli(capsys, *argv):
+    """Runs the lmgolf command in this process: (exit code, stdout, stderr)."""
+    from lmgolf.cli import main
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """Exit code 2 and one line `lmgolf: error: ...` holding every fragment, no traceback."""
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lmgolf: error: "), err
+    assert "Traceback" not in err and "IndexError" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

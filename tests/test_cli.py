@@ -5,22 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_one_line_error, cli
 from lmgolf.cli import main
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("lmgolf: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -36,52 +24,52 @@ def pipeline(small_corpus, tmp_path_factory):
 
 
 def test_eval_pack_generate(pipeline, capsys):
-    code, out, _ = run(capsys, "eval", pipeline / "run", "--stride", 16, "--quiet")
+    code, out, _ = cli(capsys, "eval", pipeline / "run", "--stride", 16, "--quiet")
     assert code == 0
     direct = json.loads(out.splitlines()[-1])
-    code, out, _ = run(capsys, "eval", pipeline / "run" / "model.lmg", "--stride", 16, "--quiet")
+    code, out, _ = cli(capsys, "eval", pipeline / "run" / "model.lmg", "--stride", 16, "--quiet")
     assert code == 0
     packed = json.loads(out.splitlines()[-1])
     assert packed["tokens"] == direct["tokens"] and packed["bytes"] == direct["bytes"]
     assert abs(packed["bpb"] - direct["bpb"]) < 0.05
-    code, out, _ = run(capsys, "generate", pipeline / "run" / "model.lmg", "--prompt", "The ", "--max-new-tokens", 20)
+    code, out, _ = cli(capsys, "generate", pipeline / "run" / "model.lmg", "--prompt", "The ", "--max-new-tokens", 20)
     assert code == 0 and out.startswith("The ")
-    code, out, _ = run(capsys, "count", "--preset", "pg-baseline")
+    code, out, _ = cli(capsys, "count", "--preset", "pg-baseline")
     assert code == 0 and "17,059,912" in out
 
 
 def test_missing_corpus(capsys, tmp_path):
-    code, _, err = run(capsys, "data", "prepare", "--corpus", tmp_path / "nope.txt", "--tokenizer", "byte", "--out", tmp_path / "d")
+    code, _, err = cli(capsys, "data", "prepare", "--corpus", tmp_path / "nope.txt", "--tokenizer", "byte", "--out", tmp_path / "d")
     assert_one_line_error(code, err, "nope.txt")
     assert not (tmp_path / "d").exists()
 
 
 def test_empty_corpus(capsys, tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    code, _, err = run(capsys, "data", "prepare", "--corpus", tmp_path / "empty.txt", "--tokenizer", "byte", "--out", tmp_path / "d")
+    code, _, err = cli(capsys, "data", "prepare", "--corpus", tmp_path / "empty.txt", "--tokenizer", "byte", "--out", tmp_path / "d")
     assert_one_line_error(code, err, "empty.txt")
     assert not (tmp_path / "d").exists()
 
 
 def test_unknown_preset(capsys, tmp_path, byte_data):
-    code, _, err = run(capsys, "train", "--preset", "gpt-17", "--data", byte_data, "--out", tmp_path / "r")
+    code, _, err = cli(capsys, "train", "--preset", "gpt-17", "--data", byte_data, "--out", tmp_path / "r")
     assert_one_line_error(code, err, "unknown preset 'gpt-17'")
     assert not (tmp_path / "r").exists()
 
 
 def test_unknown_config_key(capsys, tmp_path, byte_data):
-    code, _, err = run(capsys, "train", "--preset", "cpu-demo", "--data", byte_data, "--out", tmp_path / "r", "model.depth=3")
+    code, _, err = cli(capsys, "train", "--preset", "cpu-demo", "--data", byte_data, "--out", tmp_path / "r", "model.depth=3")
     assert_one_line_error(code, err, "model.depth")
     assert not (tmp_path / "r").exists()
 
 
 def test_wrong_value_type(capsys, tmp_path, byte_data):
-    code, _, err = run(capsys, "count", "--preset", "cpu-demo", "model.n_layer=four")
+    code, _, err = cli(capsys, "count", "--preset", "cpu-demo", "model.n_layer=four")
     assert_one_line_error(code, err, "model.n_layer", "expected int")
 
 
 def test_missing_data_folder(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--preset", "cpu-demo", "--data", tmp_path / "nodata", "--out", tmp_path / "r")
+    code, _, err = cli(capsys, "train", "--preset", "cpu-demo", "--data", tmp_path / "nodata", "--out", tmp_path / "r")
     assert_one_line_error(code, err, "nodata")
     assert not (tmp_path / "r").exists()
 
@@ -96,7 +84,7 @@ def test_corrupted_shard(capsys, tmp_path, byte_data):
     data = _copy(byte_data, tmp_path / "data")
     shard = data / "train.bin"
     shard.write_bytes(shard.read_bytes()[:-7])
-    code, _, err = run(capsys, "train", "--preset", "cpu-demo", "--data", data, "--out", tmp_path / "r", "--max-steps", 1)
+    code, _, err = cli(capsys, "train", "--preset", "cpu-demo", "--data", data, "--out", tmp_path / "r", "--max-steps", 1)
     assert_one_line_error(code, err, "train.bin")
 
 
@@ -106,7 +94,7 @@ def test_corrupted_checkpoint(capsys, tmp_path, pipeline):
     raw = bytearray(weights.read_bytes())
     raw[-5] ^= 0xFF
     weights.write_bytes(bytes(raw))
-    code, _, err = run(capsys, "eval", run_dir, "--quiet")
+    code, _, err = cli(capsys, "eval", run_dir, "--quiet")
     assert_one_line_error(code, err, "model.safetensors", "checksum")
 
 
@@ -115,18 +103,18 @@ def test_corrupted_artifact(capsys, tmp_path, pipeline):
     raw = bytearray((pipeline / "run" / "model.lmg").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     artifact.write_bytes(bytes(raw))
-    code, _, err = run(capsys, "eval", artifact, "--data", pipeline / "data", "--quiet")
+    code, _, err = cli(capsys, "eval", artifact, "--data", pipeline / "data", "--quiet")
     assert_one_line_error(code, err, "model.lmg")
 
 
 def test_resume_without_checkpoint(capsys, tmp_path, byte_data):
-    code, _, err = run(capsys, "train", "--data", byte_data, "--out", tmp_path / "r", "--resume")
+    code, _, err = cli(capsys, "train", "--data", byte_data, "--out", tmp_path / "r", "--resume")
     assert_one_line_error(code, err, "no checkpoint")
 
 
 def test_pack_prints_a_group_table_and_writes_the_runner(capsys, tmp_path, pipeline):
     out_path, runner = tmp_path / "m.lmg", tmp_path / "runner.py"
-    code, out, _ = run(capsys, "pack", pipeline / "run", "--out", out_path, "--policy", "int6-emb8", "--codec", "lzma",
+    code, out, _ = cli(capsys, "pack", pipeline / "run", "--out", out_path, "--policy", "int6-emb8", "--codec", "lzma",
                        "--runner", "compressed", "--write-runner", runner, "min_quant_numel=256", "byte_shuffle=true")
     assert code == 0 and out_path.is_file()
     table = out.splitlines()
@@ -141,10 +129,10 @@ def test_pack_prints_a_group_table_and_writes_the_runner(capsys, tmp_path, pipel
 
 def test_pack_refuses_over_budget_and_writes_nothing(capsys, tmp_path, pipeline):
     out_path = tmp_path / "m.lmg"
-    code, _, err = run(capsys, "pack", pipeline / "run", "--out", out_path, "--budget", 1000)
+    code, _, err = cli(capsys, "pack", pipeline / "run", "--out", out_path, "--budget", 1000)
     assert_one_line_error(code, err, "not written", "OVER by")
     assert not out_path.exists() and list(tmp_path.iterdir()) == []
-    assert run(capsys, "pack", pipeline / "run", "--out", out_path, "--budget", 1000, "--allow-over-budget")[0] == 0
+    assert cli(capsys, "pack", pipeline / "run", "--out", out_path, "--budget", 1000, "--allow-over-budget")[0] == 0
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -156,17 +144,17 @@ def test_pack_refuses_over_budget_and_writes_nothing(capsys, tmp_path, pipeline)
     (["prune=1.5"], "pack.prune"),
 ])
 def test_pack_bad_policy(capsys, tmp_path, pipeline, argv, fragment):
-    code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", *argv)
+    code, _, err = cli(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", *argv)
     assert_one_line_error(code, err, fragment)
     assert not (tmp_path / "m.lmg").exists()
 
 
 def test_pack_with_gptq_calibrates_on_the_runs_training_data(capsys, tmp_path, pipeline):
-    code, out, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "g.lmg", "--policy", "gptq-int4",
+    code, out, err = cli(capsys, "pack", pipeline / "run", "--out", tmp_path / "g.lmg", "--policy", "gptq-int4",
                          "min_quant_numel=256", "gptq_tokens=256")
     assert code == 0, err
     assert "int4-row" in out and (tmp_path / "g.lmg").is_file()
-    code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "h.lmg", "--policy", "gptq-int4",
+    code, _, err = cli(capsys, "pack", pipeline / "run", "--out", tmp_path / "h.lmg", "--policy", "gptq-int4",
                        "--data", tmp_path / "nowhere")
     assert_one_line_error(code, err, "nowhere")
 
@@ -174,7 +162,7 @@ def test_pack_with_gptq_calibrates_on_the_runs_training_data(capsys, tmp_path, p
 def test_pack_to_an_unwritable_place_is_one_line(capsys, tmp_path, pipeline):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code, _, err = run(capsys, "pack", pipeline / "run", "--out", blocker / "m.lmg")
+    code, _, err = cli(capsys, "pack", pipeline / "run", "--out", blocker / "m.lmg")
     assert_one_line_error(code, err, "m.lmg", "cannot write")
-    code, _, err = run(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", "--write-runner", blocker / "r.py")
+    code, _, err = cli(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", "--write-runner", blocker / "r.py")
     assert_one_line_error(code, err, "r.py", "cannot write")

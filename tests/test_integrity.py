@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_one_line_error, cli
 from lmgolf.cli import main
 from lmgolf.data.shards import HEADER_SIZE, read_shard, write_shard
 
@@ -18,19 +19,6 @@ TINY = ["--preset", "cpu-demo", "--quiet", "--max-steps", "2", "model.n_layer=1"
         "model.context=32", "train.batch_tokens=128", "train.micro_batch=4"]
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("lmgolf: error: "), err
-    assert "Traceback" not in err and "IndexError" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def snapshot(folder: Path) -> dict:
@@ -67,13 +55,13 @@ def flip_byte(path: Path, offset: int) -> None:
 
 def eval_refused(capsys, trained, data, *fragments):
     before = snapshot(trained)
-    code, out, err = run(capsys, "eval", trained, "--data", data, "--quiet")
+    code, out, err = cli(capsys, "eval", trained, "--data", data, "--quiet")
     assert_one_line_error(code, err, *fragments)
     assert out == "" and snapshot(trained) == before
 
 
 def train_refused(capsys, tmp_path, data, *fragments):
-    code, _, err = run(capsys, "train", "--data", data, "--out", tmp_path / "r", *TINY)
+    code, _, err = cli(capsys, "train", "--data", data, "--out", tmp_path / "r", *TINY)
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "r").exists()
 
@@ -178,5 +166,5 @@ def test_a_folder_written_before_checksums_still_loads(capsys, tmp_path, trained
     old = api.score(trained, data, device="cpu", progress=False).bpb
     assert "no checksum" in capsys.readouterr().err
     assert old == api.score(trained, byte_data, device="cpu", progress=False).bpb
-    code, _, _ = run(capsys, "train", "--data", data, "--out", tmp_path / "r", *TINY)
+    code, _, _ = cli(capsys, "train", "--data", data, "--out", tmp_path / "r", *TINY)
     assert code == 0

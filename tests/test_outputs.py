@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_one_line_error, cli
 from lmgolf.cli import main
 
 TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.context=32", "train.batch_tokens=128",
@@ -20,18 +21,6 @@ TINY = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.context=
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("lmgolf: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def folder_hash(folder: Path) -> dict:
@@ -65,7 +54,7 @@ def made(small_corpus, tmp_path_factory):
 def test_train_out_onto_a_data_folder_is_refused_and_leaves_it_whole(capsys, made, tmp_path):
     data = shutil.copytree(made / "data", tmp_path / "data")
     before = folder_hash(data)
-    code, _, err = run(capsys, *train_args(data, data))
+    code, _, err = cli(capsys, *train_args(data, data))
     assert_one_line_error(code, err, str(data), "not an lmgolf run folder")
     assert folder_hash(data) == before  # its tokenizer/ is still there
 
@@ -75,7 +64,7 @@ def test_train_out_onto_a_users_folder_is_refused_and_leaves_it_whole(capsys, ma
     mine.mkdir()
     (mine / "config.json").write_text('{"my": "settings"}\n')
     before = folder_hash(mine)
-    code, _, err = run(capsys, *train_args(made / "data", mine))
+    code, _, err = cli(capsys, *train_args(made / "data", mine))
     assert_one_line_error(code, err, str(mine), "not an lmgolf run folder", "run.json")
     assert folder_hash(mine) == before
 
@@ -85,7 +74,7 @@ def test_train_out_onto_a_folder_with_other_files_names_one(capsys, made, tmp_pa
     mine.mkdir()
     (mine / "notes.txt").write_text("mine\n")
     before = folder_hash(mine)
-    code, _, err = run(capsys, *train_args(made / "data", mine))
+    code, _, err = cli(capsys, *train_args(made / "data", mine))
     assert_one_line_error(code, err, str(mine), "'notes.txt'")
     assert folder_hash(mine) == before
 
@@ -93,7 +82,7 @@ def test_train_out_onto_a_folder_with_other_files_names_one(capsys, made, tmp_pa
 def test_train_out_onto_a_run_with_a_checkpoint_is_refused(capsys, made, tmp_path):
     run_dir = shutil.copytree(made / "run", tmp_path / "run")
     before = folder_hash(run_dir)
-    code, _, err = run(capsys, *train_args(made / "data", run_dir))
+    code, _, err = cli(capsys, *train_args(made / "data", run_dir))
     assert_one_line_error(code, err, "a run is already there")
     assert folder_hash(run_dir) == before
 
@@ -101,7 +90,7 @@ def test_train_out_onto_a_run_with_a_checkpoint_is_refused(capsys, made, tmp_pat
 def test_train_out_onto_a_file_is_a_one_line_error(capsys, made, tmp_path):
     path = tmp_path / "file"
     path.write_text("mine\n")
-    code, _, err = run(capsys, *train_args(made / "data", path))
+    code, _, err = cli(capsys, *train_args(made / "data", path))
     assert_one_line_error(code, err, str(path), "not a folder")
     assert path.read_text() == "mine\n"
 
@@ -109,10 +98,10 @@ def test_train_out_onto_a_file_is_a_one_line_error(capsys, made, tmp_path):
 def test_train_out_into_an_empty_folder_or_a_run_stopped_before_its_first_checkpoint(capsys, made, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert run(capsys, *train_args(made / "data", empty))[0] == 0
+    assert cli(capsys, *train_args(made / "data", empty))[0] == 0
     shutil.rmtree(empty / "checkpoint")  # as if killed before the first checkpoint
     (empty / "summary.json").unlink()
-    assert run(capsys, *train_args(made / "data", empty))[0] == 0
+    assert cli(capsys, *train_args(made / "data", empty))[0] == 0
 
 
 # ---------------------------------------------------------------- pack --out, --write-runner
@@ -122,7 +111,7 @@ def test_train_out_into_an_empty_folder_or_a_run_stopped_before_its_first_checkp
 def test_pack_out_into_the_checkpoint_is_refused(capsys, made, tmp_path, name):
     run_dir = shutil.copytree(made / "run", tmp_path / "run")
     before = folder_hash(run_dir)
-    code, _, err = run(capsys, "pack", run_dir, "--out", run_dir / "checkpoint" / name)
+    code, _, err = cli(capsys, "pack", run_dir, "--out", run_dir / "checkpoint" / name)
     assert_one_line_error(code, err, "checkpoint folder")
     assert folder_hash(run_dir) == before
 
@@ -130,14 +119,14 @@ def test_pack_out_into_the_checkpoint_is_refused(capsys, made, tmp_path, name):
 def test_pack_out_onto_a_users_file_is_refused(capsys, made, tmp_path):
     path = tmp_path / "report.txt"
     path.write_text("mine\n")
-    code, _, err = run(capsys, "pack", made / "run", "--out", path)
+    code, _, err = cli(capsys, "pack", made / "run", "--out", path)
     assert_one_line_error(code, err, str(path), "not an lmgolf artifact")
     assert path.read_text() == "mine\n"
 
 
 def test_pack_out_onto_a_folder_is_a_one_line_error(capsys, made, tmp_path):
     (tmp_path / "folder").mkdir()
-    code, _, err = run(capsys, "pack", made / "run", "--out", tmp_path / "folder")
+    code, _, err = cli(capsys, "pack", made / "run", "--out", tmp_path / "folder")
     assert_one_line_error(code, err, "is a folder")
     assert list((tmp_path / "folder").iterdir()) == []
 
@@ -145,21 +134,21 @@ def test_pack_out_onto_a_folder_is_a_one_line_error(capsys, made, tmp_path):
 def test_pack_out_replaces_an_earlier_artifact(capsys, made, tmp_path):
     path = tmp_path / "m.lmg"
     shutil.copy(made / "run" / "model.lmg", path)
-    code, _, err = run(capsys, "pack", made / "run", "--out", path, "--codec", "lzma")
+    code, _, err = cli(capsys, "pack", made / "run", "--out", path, "--codec", "lzma")
     assert code == 0, err
 
 
 def test_write_runner_onto_a_users_file_is_refused(capsys, made, tmp_path):
     path = tmp_path / "runner.py"
     path.write_text("print('my own script')\n")
-    code, _, err = run(capsys, "pack", made / "run", "--out", tmp_path / "m.lmg", "--write-runner", path)
+    code, _, err = cli(capsys, "pack", made / "run", "--out", tmp_path / "m.lmg", "--write-runner", path)
     assert_one_line_error(code, err, str(path), "not an lmgolf runner file")
     assert path.read_text() == "print('my own script')\n"
 
 
 def test_write_runner_onto_a_folder_is_a_one_line_error(capsys, made, tmp_path):
     (tmp_path / "folder").mkdir()
-    code, _, err = run(capsys, "pack", made / "run", "--out", tmp_path / "m.lmg", "--write-runner", tmp_path / "folder")
+    code, _, err = cli(capsys, "pack", made / "run", "--out", tmp_path / "m.lmg", "--write-runner", tmp_path / "folder")
     assert_one_line_error(code, err, "is a folder")
 
 
@@ -167,7 +156,7 @@ def test_write_runner_into_the_checkpoint_is_refused(capsys, made, tmp_path):
     run_dir = shutil.copytree(made / "run", tmp_path / "run")
     target = run_dir / "checkpoint" / "model.safetensors"
     before = target.read_bytes()
-    code, _, err = run(capsys, "pack", run_dir, "--out", tmp_path / "m.lmg", "--write-runner", target)
+    code, _, err = cli(capsys, "pack", run_dir, "--out", tmp_path / "m.lmg", "--write-runner", target)
     assert_one_line_error(code, err, "checkpoint folder")
     assert target.read_bytes() == before
 
@@ -177,7 +166,7 @@ def test_write_runner_replaces_an_earlier_runner_of_either_kind(capsys, made, tm
     from lmgolf.packing.runner import write_runner
     path = tmp_path / "runner.py"
     write_runner(path, kind)
-    code, _, err = run(capsys, "pack", made / "run", "--out", tmp_path / "m.lmg", "--write-runner", path,
+    code, _, err = cli(capsys, "pack", made / "run", "--out", tmp_path / "m.lmg", "--write-runner", path,
                        "--runner", "compressed" if kind == "plain" else "plain")
     assert code == 0, err
 
@@ -205,7 +194,7 @@ def test_a_killed_pack_leaves_a_temp_file_that_the_next_pack_removes(capsys, mad
     keep.write_bytes(b"")
     other = tmp_path / ".other.lmg.1.abcdefgh.tmp"
     other.write_bytes(b"")
-    assert run(capsys, "pack", made / "run", "--out", out)[0] == 0
+    assert cli(capsys, "pack", made / "run", "--out", out)[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.lmg", keep.name, other.name])
 
 
@@ -218,7 +207,7 @@ def test_a_killed_data_prepare_leaves_folders_that_the_next_prepare_removes(caps
     (aside / "previous").mkdir(parents=True)
     unrelated = tmp_path / f".data2.{pid}.abcdefgh.tmp"
     unrelated.mkdir()
-    code, _, err = run(capsys, "data", "prepare", "--corpus", small_corpus, "--tokenizer", "char",
+    code, _, err = cli(capsys, "data", "prepare", "--corpus", small_corpus, "--tokenizer", "char",
                        "--out", tmp_path / "data")
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["data", unrelated.name])
@@ -230,6 +219,6 @@ def test_a_refused_runner_path_writes_no_artifact_either(capsys, made, tmp_path)
     (run_dir / "model.lmg").unlink(missing_ok=True)
     user = tmp_path / "notes.txt"
     user.write_text("mine\n")
-    code, _, err = run(capsys, "pack", run_dir, "--write-runner", user)
+    code, _, err = cli(capsys, "pack", run_dir, "--write-runner", user)
     assert_one_line_error(code, err, "notes.txt")
     assert user.read_text() == "mine\n" and not (run_dir / "model.lmg").exists()
