@@ -38,6 +38,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("fp32", "bf16", "auto")
 RUNNERS = ("plain", "compressed")
 BUDGET = 16_000_000  # lmgolf.packing.artifact.BUDGET, repeated so that the signature needs no import
+MAX_TEXT_BYTES = 16_000_000  # score(text=...): the most bytes of text read (about 20 bytes of memory each)
 
 _NAME = object()  # spell(name): the argument itself, no value
 
@@ -184,6 +185,7 @@ class Score:
     artifact_bytes: int | None = None  # an artifact's file size
     total_bpb: float | None = None     # (artifact bytes x 8 + model bits of the val text) / val bytes
     baselines: dict | None = None      # classic compressors on the same val text (lmgolf.eval.baselines)
+    text: str | None = None            # score(text=PATH): the file or folder scored instead of the val split
 
     bpb = property(lambda self: self.result.bpb)
     loss = property(lambda self: self.result.loss)
@@ -197,14 +199,19 @@ class Score:
             out.update(artifact_bytes=self.artifact_bytes, total_bpb=self.total_bpb)
         if self.baselines is not None:
             out["baselines"] = self.baselines
+        if self.text is not None:
+            out["text"] = self.text
         return out
 
     def format(self) -> str:
         r = self.result
-        lines = [r.format()]
+        lines, what = [r.format()], "val" if self.text is None else "text"
+        if self.text is not None:
+            lines.append(f"text {self.text}: {r.bytes:,} bytes coded in {r.bpb * r.bytes:,.0f} model bits "
+                         f"({r.bpb * r.bytes / 8:,.0f} bytes)")
         if self.total_bpb is not None:
             lines.append(f"total description length: ({self.artifact_bytes:,} artifact bytes x 8 + {r.bpb:.4f} x "
-                         f"{r.bytes:,} val bytes) / {r.bytes:,} = {self.total_bpb:.4f} bits/byte")
+                         f"{r.bytes:,} {what} bytes) / {r.bytes:,} = {self.total_bpb:.4f} bits/byte")
         if self.baselines is not None:
             b = self.baselines
             note = "" if b["exact_text"] else " (lossy tokenizer: the decoded text differs from the original)"
@@ -217,7 +224,7 @@ def score(target, data: str | Path | None = None, *, mode: str = "window", strid
           max_tokens: int | None = None, docs: bool = False, ttt: Mapping[str, Any] | None = None,
           fit_tokens: int | None = None, seed: int = 0, baselines: bool = False,
           baseline_prefix_bytes: int | None = None, dtype: str = "fp32", device: str = "auto",
-          progress: bool = True) -> Score:
+          progress: bool = True, text: str | Path | None = None, max_text_bytes: int = MAX_TEXT_BYTES) -> Score:
     """Validation loss and exact bits per byte of a run folder, an artifact, a Loaded or a Run.
 
     mode: window (sliding windows, `stride`) | docs (no context across documents) | ttt (score-first
@@ -227,16 +234,24 @@ def score(target, data: str | Path | None = None, *, mode: str = "window", strid
     temperature's training windows. max_tokens: score only this prefix of the validation split.
     baselines: also the bpb of zlib, lzma, bz2 and zstd on the val text, after `baseline_prefix_bytes`
     of training text. An artifact's score carries its total description length. device: where a path
-    is loaded (a Loaded stays where it is)."""
+    is loaded (a Loaded stays where it is). text: a file (.jsonl: a document a line; else UTF-8 text),
+    or a folder of .txt/.jsonl files, scored instead of the val split, encoded as a data folder's val split
+    is (the temperature mode still fits T on the data folder's training tokens); refused past
+    max_text_bytes."""
     ttt_config = _score_options(mode, max_tokens, docs, ttt, fit_tokens, seed, baselines, baseline_prefix_bytes, dtype)
     loaded = _as_loaded(target, data, device)
     context = loaded.cfg.model.context
     if stride is not None and not 1 <= stride <= context:
         raise ArgumentError("score", "stride", f"must lie in [1, {context}] (the model's context), got {stride}")
-    folder = _data_folder("score", loaded)
+    val = None
+    if text is not None:
+        if baselines:
+            raise ArgumentError("score", "baselines", "compares with the data folder's val text, not with text")
+        val = _text_tokens(loaded.tokenizer, text, max_text_bytes)
+    folder = _data_folder("score", loaded) if text is None or mode == "temperature" else None
     result = _evaluate(loaded, folder, mode, ttt_config, stride=stride, max_tokens=max_tokens, docs=docs,
-                       fit_tokens=fit_tokens, seed=seed, dtype=dtype, progress=progress)
-    out = Score(result)
+                       fit_tokens=fit_tokens, seed=seed, dtype=dtype, progress=progress, val=val)
+    out = Score(result, text=None if text is None else str(text))
     if loaded.kind == "artifact":  # its bytes count too
         from lmgolf.eval.baselines import total_description_length
         out.artifact_bytes = loaded.artifact_bytes
@@ -282,14 +297,33 @@ def _score_options(mode, max_tokens, docs, ttt, fit_tokens, seed, baselines, bas
     return config
 
 
-def _evaluate(loaded: Loaded, folder: DataFolder, mode: str, ttt, *, stride, max_tokens, docs, fit_tokens, seed,
-              dtype, progress) -> EvalResult:
+def _text_tokens(tokenizer: Tokenizer, text, max_text_bytes: int):
+    """score(text=...): the text's documents as a data folder's val split: tokens and exact byte counts."""
+    import numpy as np
+    from lmgolf.data.corpora import text_files_documents
+    from lmgolf.data.prepare import encode_val_documents
+    if max_text_bytes < 1:
+        raise ArgumentError("score", "max_text_bytes", f"must be >= 1, got {max_text_bytes}")
+    parts = []
+    for path, documents in text_files_documents(text, max_text_bytes):
+        if not documents:
+            continue
+        tokens, nbytes = encode_val_documents(tokenizer, documents)
+        if tokenizer.lossy and any(tokenizer.decode(tokenizer.encode(d)) != d for d in documents):
+            raise LmgolfError(f"{path}: the model's {tokenizer.kind} tokenizer is lossy and cannot encode this "
+                              "text exactly (characters it never saw in training)")
+        parts.append((tokens, nbytes))
+    return np.concatenate([t for t, _ in parts]), np.concatenate([b for _, b in parts])
+
+
+def _evaluate(loaded: Loaded, folder: DataFolder | None, mode: str, ttt, *, stride, max_tokens, docs, fit_tokens, seed,
+              dtype, progress, val=None) -> EvalResult:
     from lmgolf.device import pick_dtype
     from lmgolf.eval.evaluate import evaluate, fit_temperature
     model, context, device = loaded.model, loaded.cfg.model.context, loaded.device
-    tokens, nbytes = folder.val_tokens_and_bytes()
+    tokens, nbytes = folder.val_tokens_and_bytes() if val is None else val
     common = dict(stride=stride, max_tokens=max_tokens, device=device, dtype=pick_dtype(dtype, device),
-                  progress=progress, bos_id=folder.bos_id)
+                  progress=progress, bos_id=loaded.tokenizer.bos_id)
     if mode == "ttt":
         from lmgolf.eval.ttt import evaluate_ttt
         return evaluate_ttt(model, tokens, nbytes, context, ttt, **common)
@@ -425,6 +459,16 @@ def generate(target, prompt: str = "", max_new_tokens: int = 200, *, temperature
     if stream:
         return (piece for part in ([prompt], text_pieces(tokenizer, new)) for piece in part if piece)
     return prompt + tokenizer.decode(list(new))
+
+
+def export_hf(target, out: str | Path, *, tokenizer: bool = True, device: str = "cpu") -> list[str]:
+    """Writes a Hugging Face folder (config.json, model.safetensors, tokenizer files) that transformers'
+    AutoModelForCausalLM and AutoTokenizer load with no custom code (LlamaForCausalLM); refuses, in one
+    line naming the config field, a model option with no equivalent there. Returns the files written."""
+    from lmgolf.serve.export_hf import export_hf as export
+    loaded = _as_loaded(target, None, device)
+    return export(loaded.model, loaded.cfg.model, loaded.tokenizer, out, with_tokenizer=tokenizer,
+                  source=str(loaded.path or ""))
 
 
 def check_legality(mode, model, tokens, nbytes, **options):

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--baselines", action="store_true", help="also print the bpb of zlib, lzma, bz2 and zstd on the val text")
     ev.add_argument("--baseline-prefix-bytes", type=int, default=None,
                     help="bytes of training text the compressors read first (default 8,000,000)")
+    ev.add_argument("--text", default=None, metavar="FILE",
+                    help="score this text instead of the val split: a file (.jsonl: a document a line) or a folder")
+    ev.add_argument("--max-text-bytes", type=int, default=api.MAX_TEXT_BYTES,
+                    help=f"refuse a --text over this many bytes (default {api.MAX_TEXT_BYTES:,})")
     ev.set_defaults(func=cmd_eval)
 
     pack = sub.add_parser("pack", help="write the compressed artifact of a run and print its byte breakdown")
@@ -160,7 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    gen.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                     help="print the text as it is sampled (the default); --no-stream: all at the end")
     gen.set_defaults(func=cmd_generate)
+
+    export = sub.add_parser("export", help="export a run folder or an artifact to another format").add_subparsers(
+        dest="export_command", required=True)
+    hf = export.add_parser("hf", help="a Hugging Face transformers folder (LlamaForCausalLM, tokenizer.json)")
+    hf.add_argument("path")
+    hf.add_argument("--out", required=True, help="the folder to write (new, empty or an earlier export)")
+    hf.add_argument("--no-tokenizer", action="store_true", help="write the model only (tokenizers other than "
+                    "byte and gpt2 have no export)")
+    hf.set_defaults(func=cmd_export_hf)
+
+    chat = sub.add_parser("chat", help="a REPL over a run folder or an artifact (User:/Assistant: lines; /reset, /quit)")
+    chat.add_argument("path")
+    chat.add_argument("--max-new-tokens", type=int, default=200, help="per reply, at most 16384")
+    chat.add_argument("--temperature", type=float, default=0.8)
+    chat.add_argument("--top-k", type=int, default=None)
+    chat.add_argument("--top-p", type=float, default=None)
+    chat.add_argument("--seed", type=int, default=0, help="reply n is sampled with seed + n")
+    chat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    chat.set_defaults(func=cmd_chat)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in corpus: prepare, train, pack, score, generate")
     demo.add_argument("--out", default="runs/demo")
@@ -224,7 +249,8 @@ def cmd_eval(args) -> None:
     result = api.score(args.path, args.data, mode=args.mode, stride=args.stride, max_tokens=args.max_tokens,
                        docs=args.docs, ttt={k: v for k, v in ttt.items() if v is not None}, fit_tokens=args.fit_tokens,
                        seed=args.seed, baselines=args.baselines, baseline_prefix_bytes=args.baseline_prefix_bytes,
-                       dtype=args.dtype, device=args.device, progress=not args.quiet)
+                       dtype=args.dtype, device=args.device, progress=not args.quiet, text=args.text,
+                       max_text_bytes=args.max_text_bytes)
     print(result.format())
     print(json.dumps(result.as_dict()))
 
@@ -277,10 +303,28 @@ def cmd_fit(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    for piece in api.generate(args.path, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed, device=args.device, stream=True):
-        print(piece, end="", flush=True)  # the text as it is sampled
+    text = api.generate(args.path, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed, device=args.device, stream=args.stream)
+    for piece in [text] if isinstance(text, str) else text:  # --stream: the text as it is sampled
+        print(piece, end="", flush=True)
     print()
+
+
+def cmd_chat(args) -> int:
+    from lmgolf.serve.chat import Chat, chat_loop
+    loaded = api.load(args.path, device=args.device)
+    chat = Chat(loaded.model, loaded.tokenizer, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    return chat_loop(chat, sys.stdin, write)
+
+
+def cmd_export_hf(args) -> None:
+    files = api.export_hf(args.path, args.out, tokenizer=not args.no_tokenizer)
+    print(f"wrote {args.out}: {', '.join(files)} (LlamaForCausalLM)")
 
 
 def cmd_demo(args) -> None:

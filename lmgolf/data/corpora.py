@@ -121,6 +121,31 @@ def folder_files(folder: Path) -> list[Path]:
     return files
 
 
+def text_files_documents(path: str | Path, max_bytes: int) -> list[tuple[Path, list[str]]]:
+    """The documents of a text to score, file by file: a `.jsonl(.gz)` file (one per line), any other
+    file (UTF-8 text, `.gz` decompressed; `<|endoftext|>` separates documents), or a folder's `.txt`
+    and `.jsonl` files, as a custom corpus reads them. Refuses more than `max_bytes` bytes, stored or read."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise LmgolfError(f"{path}: no such file or folder")
+    files = folder_files(path) if path.is_dir() else [path]
+    if not files:
+        raise LmgolfError(f"{path}: no .txt, .txt.gz, .jsonl or .jsonl.gz files in this folder")
+    stored = sum(file.stat().st_size for file in files)
+    if stored > max_bytes:
+        raise LmgolfError(f"{path}: {stored:,} bytes, over the limit of {max_bytes:,} (raise max_text_bytes, --max-text-bytes)")
+    out, total = [], 0
+    for file in files:
+        documents, _ = file_documents(file)
+        total += sum(len(document.encode("utf-8")) for document in documents)
+        if total > max_bytes:
+            raise LmgolfError(f"{file}: the text passes the limit of {max_bytes:,} bytes (raise max_text_bytes, --max-text-bytes)")
+        out.append((file, documents))
+    if total == 0:
+        raise LmgolfError(f"{path}: no text to score")
+    return out
+
+
 # ---------------------------------------------------------------- splitting
 
 

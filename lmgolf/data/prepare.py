@@ -141,8 +141,9 @@ def encode_val_document(tokenizer, document: str) -> tuple[np.ndarray, np.ndarra
     return np.concatenate([[tokenizer.bos_id], ids]), np.concatenate([[0], nbytes])
 
 
-def write_val_tokens(folder: Path, documents: list[str], tokenizer, progress: bool) -> dict:
-    """val.bin and val_bytes.bin; returns the split's counts."""
+def encode_val_documents(tokenizer, documents: list[str], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The val split's layout of documents: every one [bos] + ids, with its exact byte counts (0 for BOS),
+    which sum to the documents' UTF-8 size."""
     total_bytes = sum(utf8_size(document) for document in documents)
     token_parts, byte_parts = [], []
     with progress_bar(total=total_bytes, desc="tokenizing val", unit="B", disable=not progress) as bar:
@@ -154,6 +155,13 @@ def write_val_tokens(folder: Path, documents: list[str], tokenizer, progress: bo
     tokens, nbytes = np.concatenate(token_parts), np.concatenate(byte_parts)
     if int(nbytes.sum()) != total_bytes:
         raise AssertionError(f"val byte counts sum to {int(nbytes.sum())}, the val text has {total_bytes} bytes")
+    return tokens, nbytes
+
+
+def write_val_tokens(folder: Path, documents: list[str], tokenizer, progress: bool) -> dict:
+    """val.bin and val_bytes.bin; returns the split's counts."""
+    total_bytes = sum(utf8_size(document) for document in documents)
+    tokens, nbytes = encode_val_documents(tokenizer, documents, progress)
     write_shard(folder / "val.bin", tokens, tokenizer.fingerprint, "tokens", dtype_for_vocab(tokenizer.vocab_size))
     write_shard(folder / "val_bytes.bin", nbytes, tokenizer.fingerprint, "bytes")
     return {"documents": len(documents), "tokens": len(tokens), "bytes": total_bytes}
