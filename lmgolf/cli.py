@@ -10,6 +10,8 @@ import sys
 from lmgolf import api
 from lmgolf.errors import LmgolfError
 
+# the named accelerators of `lmgolf plan` (lmgolf.study.plan.HARDWARE, kept in step by tests/test_plan.py)
+PLAN_HARDWARE = ("h100-bf16", "h100-fp8", "h200-bf16", "a100-bf16", "a100-tf32", "v100-fp16", "t4-fp16", "l4-bf16")
 COMMANDS = {"score": "eval"}  # the command of each API call, where the names differ
 # the flag of each API argument, where it is not the argument's name with dashes
 FLAGS = {"ttt": "--ttt-* and --lora-*", "ttt.chunk": "--ttt-chunk", "ttt.steps": "--ttt-steps", "ttt.lr": "--ttt-lr",
@@ -187,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     chat.set_defaults(func=cmd_chat)
 
+    res = sub.add_parser("results", help="the results store: `results STUDY` tables a study, `results add RUN...` adds runs",
+                         usage="lmgolf results STUDY [--baseline ARM] [--metric M] [--csv FILE] [--markdown FILE] [--db PATH]\n"
+                               "       lmgolf results add RUN [RUN ...] [--study S] [--arm A] [--seed N] [--db PATH]")
+    res.add_argument("target", help="a study name, or `add` (then run folders), or `show` (then a study name)")
+    res.add_argument("runs", nargs="*", help="run folders, after `add`")
+    res.add_argument("--db", default=None, help="the results database (default: $LMGOLF_RESULTS or runs/results.sqlite)")
+    res.add_argument("--study", default=None, help="add: the study the runs belong to")
+    res.add_argument("--arm", default=None, help="add: the arm of the study")
+    res.add_argument("--seed", type=int, default=None, help="add: the seed (default: the config's train.seed)")
+    res.add_argument("--baseline", default=None, help="show: the arm the others are compared with (Welch's t-test)")
+    res.add_argument("--metric", default="val_loss", help="show: the compared metric (default val_loss, nats per token)")
+    res.add_argument("--min-delta", type=float, default=0.005,
+                     help="show: the golf rule's least improvement, in the metric's units (default 0.005 nats)")
+    res.add_argument("--csv", default=None, metavar="FILE", help="show: also write the table as CSV")
+    res.add_argument("--markdown", default=None, metavar="FILE", help="show: also write the table as Markdown")
+    res.set_defaults(func=cmd_results)
+
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in corpus: prepare, train, pack, score, generate")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--time-budget", type=float, default=240.0)
@@ -194,6 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tokenizer", default="bpe")
     demo.add_argument("--vocab-size", type=int, default=512)
     demo.set_defaults(func=cmd_demo)
+
+    plan = sub.add_parser("plan", help="tokens, predicted loss (Hoffmann and Besiroglu fits), epochs and parameters per byte budget")
+    plan.add_argument("--params", type=float, required=True, help="parameters N, e.g. 40e6")
+    plan.add_argument("--tokens", type=float, default=None, help="training tokens D, e.g. 800e6")
+    plan.add_argument("--flops", type=float, default=None, help="training FLOPs C (D = C / 6N)")
+    plan.add_argument("--hardware", default=None, help="a named accelerator peak: " + ", ".join(PLAN_HARDWARE))
+    plan.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s of one accelerator, instead of --hardware")
+    plan.add_argument("--hours", type=float, default=None, help="wall-clock hours, with --hardware or --peak-flops")
+    plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization, a fraction of peak (default 0.4)")
+    plan.add_argument("--gpus", type=int, default=1, help="accelerators (default 1)")
+    plan.add_argument("--corpus-tokens", type=float, default=None, help="unique tokens U in the corpus: epochs and repetition")
+    plan.add_argument("--budget-bytes", type=int, default=16_000_000, help="bytes for artifact plus code (default 16,000,000)")
+    plan.add_argument("--runner", default="plain", choices=["plain", "compressed"], help="the runner whose bytes count as code")
+    plan.add_argument("--row", type=int, default=512, help="weights per row, for the fp16 scales' overhead (default 512)")
+    plan.set_defaults(func=cmd_plan)
     return p
 
 
@@ -325,6 +359,53 @@ def cmd_chat(args) -> int:
 def cmd_export_hf(args) -> None:
     files = api.export_hf(args.path, args.out, tokenizer=not args.no_tokenizer)
     print(f"wrote {args.out}: {', '.join(files)} (LlamaForCausalLM)")
+
+
+def cmd_plan(args) -> None:
+    from lmgolf.study.plan import plan
+    result = plan(args.params, tokens=args.tokens, flops=args.flops, hardware=args.hardware, peak_flops=args.peak_flops,
+                  hours=args.hours, mfu=args.mfu, gpus=args.gpus, corpus_tokens=args.corpus_tokens,
+                  budget_bytes=args.budget_bytes, runner=args.runner, row=args.row)
+    print(result.format())
+    print(json.dumps(result.as_dict()))
+
+
+def cmd_results(args) -> None:
+    from lmgolf.study.store import Store
+    if args.target == "add":
+        if not args.runs:
+            raise LmgolfError("results add: name at least one run folder")
+        for flag in ("baseline", "csv", "markdown"):
+            if getattr(args, flag) is not None:
+                raise LmgolfError(f"results add: --{flag} is for showing a study, not adding runs")
+        with Store(args.db) as store:
+            for run in args.runs:
+                row = store.add_run(run, study=args.study, arm=args.arm, seed=args.seed)
+                print(f"added {row['path']}: study {args.study or '-'}, arm {args.arm or '-'}, seed {row['seed']}, "
+                      f"val_loss {row['val_loss']}, val_bpb {row['val_bpb']} -> {store.path}")
+        return
+    from lmgolf.runfiles import atomic_write_text
+    from lmgolf.study.results import study_results
+    study = args.target
+    if args.target == "show":
+        if len(args.runs) != 1:
+            raise LmgolfError("results show: name one study")
+        study = args.runs[0]
+    elif args.runs:
+        raise LmgolfError(f"results {args.target}: unexpected arguments {' '.join(args.runs)} (to add runs: "
+                          f"lmgolf results add RUN ...)")
+    for flag in ("study", "arm", "seed"):
+        if getattr(args, flag) is not None:
+            raise LmgolfError(f"results {study}: --{flag} is for `lmgolf results add`")
+    with Store(args.db) as store:
+        table = study_results(store.runs(study), study, baseline=args.baseline, metric=args.metric,
+                              min_delta=args.min_delta)
+    text = table.format_markdown()
+    print(text, end="")
+    if args.csv:
+        atomic_write_text(args.csv, table.to_csv())
+    if args.markdown:
+        atomic_write_text(args.markdown, text)
 
 
 def cmd_demo(args) -> None:

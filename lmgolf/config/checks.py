@@ -138,6 +138,18 @@ def check_train(cfg) -> None:
         raise LmgolfError("config fields train.warmup and train.warmdown: together they must lie in [0, 1]")
     if not 0 <= cfg.qat_start <= 1 or not 0 <= cfg.qat_lr_scale <= 1:
         raise LmgolfError("config fields train.qat_start and train.qat_lr_scale: must lie in [0, 1]")
+    if not 0 <= cfg.ema_decay < 1:
+        raise LmgolfError(f"config field train.ema_decay: must lie in [0, 1), got {cfg.ema_decay}")
+    if cfg.swa_every < 0:
+        raise LmgolfError("config field train.swa_every: must be >= 0")
+    for name in ("ema_start", "swa_start"):
+        if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
+            raise LmgolfError(f"config field train.{name}: must lie in [0, 1), got {getattr(cfg, name)}")
+    if cfg.export_weights not in ("raw", "ema", "swa"):
+        raise LmgolfError(f"config field train.export_weights: {cfg.export_weights!r} is not one of raw, ema, swa")
+    if (cfg.export_weights == "ema" and not cfg.ema_decay) or (cfg.export_weights == "swa" and not cfg.swa_every):
+        raise LmgolfError(f"config field train.export_weights: {cfg.export_weights!r} needs "
+                          f"{'train.ema_decay > 0' if cfg.export_weights == 'ema' else 'train.swa_every > 0'}")
 
 
 def check_pack(cfg) -> None:

@@ -170,6 +170,11 @@ class TrainConfig:
     qat: bool = False                   # fake-quantize weights with the pack policy's quantizer (lmgolf.training.qat)
     qat_start: float = 0.0              # ... from this fraction of the budget on
     qat_lr_scale: float = 0.0           # ... or once the warmdown has brought the LR multiplier to this (0: unused)
+    ema_decay: float = 0.0              # EMA of the weights with this decay, e.g. 0.997 (lmgolf.training.averaging); 0: off
+    ema_start: float = 0.0              # ... from this fraction of the budget on
+    swa_every: int = 0                  # SWA: a uniform mean of the weights every this many steps; 0: off
+    swa_start: float | None = None      # ... from this fraction of the budget on (None: the warmdown's start)
+    export_weights: str = "raw"         # raw | ema | swa: what the final checkpoint's model (and so the artifact) holds
 
     def validate(self) -> None:
         check_train(self)

@@ -3,8 +3,13 @@
 Layout of `RUN/checkpoint/`:
   model.safetensors      the weights
   optimizer.safetensors  every tensor of the optimizers' state, flattened to `opt{i}.{param}.{key}`
+  averages.safetensors   the weight averages `ema.NAME`, `swa.NAME` in fp32 (only with train.ema_decay
+                         or train.swa_every set, once one holds something; lmgolf.training.averaging)
+  raw.safetensors        the raw trained weights, only in a finished run's final checkpoint whose
+                         model.safetensors holds an average (train.export_weights=ema|swa); a resume
+                         continues from these, load_model and pack read model.safetensors
   state.json             config, step, elapsed training seconds, optimizer scalars and hyperparameters,
-                         and the sha256 of both tensor files (verified on load)
+                         and the sha256 of every tensor file (verified on load)
 The folder is written as `checkpoint.tmp/` and swapped in by renames (save_checkpoint), so a crash at
 any instant leaves a complete checkpoint in one of checkpoint/, checkpoint.tmp/, checkpoint.old/;
 readers take the newest complete one (find_checkpoint). Nothing is unpickled on load.
@@ -31,6 +36,7 @@ CHECKPOINT_DIR = "checkpoint"
 TMP_DIR, OLD_DIR = f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old"
 CANDIDATES = (CHECKPOINT_DIR, TMP_DIR, OLD_DIR)  # in this order of preference at equal steps
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
+OPTIONAL_TENSOR_FILES = ("averages.safetensors", "raw.safetensors")  # verified when state.json lists them
 # what a run folder holds (lmgolf.runfiles temp files besides): a fresh `train --out` starts only in an
 # empty folder or one with run.json and nothing but these
 RUN_ENTRIES = {"config.json", "run.json", "tokenizer", "metrics.jsonl", "summary.json", "model.lmg", *CANDIDATES}
@@ -38,13 +44,17 @@ RUN_RECORD_FIELDS = ("command", "code", "libraries", "hardware")
 
 
 def save_checkpoint(run_dir: str | Path, model: GPT, optimizers: list[torch.optim.Optimizer], cfg: Config,
-                    step: int, elapsed: float, extra: dict | None = None) -> Path:
+                    step: int, elapsed: float, extra: dict | None = None,
+                    averages: dict[str, torch.Tensor] | None = None,
+                    exported: dict[str, torch.Tensor] | None = None) -> Path:
     """Writes the checkpoint so that, at every instant, the newest complete checkpoint of the run is
     one of checkpoint/, checkpoint.tmp/, checkpoint.old/ (what find_checkpoint picks):
       1. settle: the newest complete one is moved to checkpoint/ (whatever is there is older or broken);
       2. checkpoint.tmp/ and checkpoint.old/ (older or broken) are removed, checkpoint.tmp/ is written,
          its state.json last;
-      3. checkpoint/ -> checkpoint.old/, checkpoint.tmp/ -> checkpoint/, checkpoint.old/ removed."""
+      3. checkpoint/ -> checkpoint.old/, checkpoint.tmp/ -> checkpoint/, checkpoint.old/ removed.
+    averages (tensors, when any) go to averages.safetensors; exported (a state dict, when given) goes to
+    model.safetensors and the model's own weights to raw.safetensors."""
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / CHECKPOINT_DIR, run_dir / TMP_DIR, run_dir / OLD_DIR
     _settle(run_dir)
@@ -52,13 +62,22 @@ def save_checkpoint(run_dir: str | Path, model: GPT, optimizers: list[torch.opti
     shutil.rmtree(old, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
+    files = list(TENSOR_FILES)
+    if exported is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in exported.items()}, str(tmp / "model.safetensors"))
+        save_file(weights, str(tmp / "raw.safetensors"))
+        files.append("raw.safetensors")
+    else:
+        save_file(weights, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _flatten_optimizers(optimizers)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    if averages:
+        save_file(averages, str(tmp / "averages.safetensors"))
+        files.append("averages.safetensors")
     state = {
         "config": cfg.to_dict(), "step": step, "elapsed": elapsed, "optimizers": opt_meta,
         "rng": {"torch": torch.get_rng_state().tolist()}, "extra": extra or {},
-        "sha256": {name: sha256_file(tmp / name) for name in TENSOR_FILES},
+        "sha256": {name: sha256_file(tmp / name) for name in files},
     }
     atomic_write_text(tmp / "state.json", json.dumps(state))
     if final.exists():
@@ -100,7 +119,7 @@ def find_checkpoint(run_dir: str | Path) -> Path:
     for _, _, folder in sorted(found):  # newest first; hash only until one verifies
         state = _parse_state(folder / "state.json")
         try:
-            for name in TENSOR_FILES:
+            for name in tensor_files(state):
                 _verify(folder / name, state["sha256"][name])
         except LmgolfError as e:
             errors[folder.name] = e
@@ -111,10 +130,15 @@ def find_checkpoint(run_dir: str | Path) -> Path:
     raise LmgolfError(f"{run_dir / CHECKPOINT_DIR / 'state.json'}: no checkpoint here")
 
 
+def tensor_files(state: dict) -> tuple[str, ...]:
+    """The tensor files a (parsed) state lists: the two always there, and the optional ones it names."""
+    return TENSOR_FILES + tuple(name for name in OPTIONAL_TENSOR_FILES if name in state["sha256"])
+
+
 def _complete(folder: Path) -> bool:
     try:
         state = _parse_state(folder / "state.json")
-        for name in TENSOR_FILES:
+        for name in tensor_files(state):
             _verify(folder / name, state["sha256"][name])
     except LmgolfError:
         return False
@@ -198,7 +222,7 @@ def _parse_state(path: Path) -> dict:
     sha = state["sha256"]
     if not isinstance(sha, dict):
         raise bad("sha256", "is not an object")
-    for name in TENSOR_FILES:
+    for name in tensor_files(state):
         value = sha.get(name)
         if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
             raise bad(f"sha256.{name}", "missing or not a sha256 hex digest")
@@ -255,12 +279,21 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     return model.to(device).eval(), cfg
 
 
-def restore_training(run_dir: str | Path, model: GPT, optimizers: list[torch.optim.Optimizer]) -> dict:
-    """Loads weights, optimizer state and RNG into live objects; returns the state dict (step, elapsed...)."""
+def restore_training(run_dir: str | Path, model: GPT, optimizers: list[torch.optim.Optimizer],
+                     averages=None) -> dict:
+    """Loads weights (the raw ones: raw.safetensors when the checkpoint has it), optimizer state, RNG and,
+    into averages (lmgolf.training.averaging.WeightAverages), the weight averages into live objects;
+    returns the state dict (step, elapsed...)."""
     ckpt = find_checkpoint(run_dir)
     state = _parse_state(ckpt / "state.json")
-    weights = _load_verified(ckpt / "model.safetensors", state["sha256"]["model.safetensors"])
+    raw = "raw.safetensors" if "raw.safetensors" in state["sha256"] else "model.safetensors"
+    weights = _load_verified(ckpt / raw, state["sha256"][raw])
     model.load_state_dict(weights)
+    if averages is not None:
+        name = "averages.safetensors"
+        tensors = _load_verified(ckpt / name, state["sha256"][name]) if name in state["sha256"] else {}
+        device = next(model.parameters()).device
+        averages.load_state_dict(tensors, state["extra"].get("averages"), device, str(ckpt / name))
     tensors = _load_verified(ckpt / "optimizer.safetensors", state["sha256"]["optimizer.safetensors"])
     _unflatten_optimizers(optimizers, tensors, state["optimizers"])
     if state.get("rng") is None:

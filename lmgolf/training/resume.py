@@ -5,6 +5,7 @@ A resume may change only what leaves the saved state meaningful (docs/training.m
   bookkeeping           train.log_every, eval_every, eval_tokens, checkpoint_every; model.exit_threshold
   how steps execute     train.device, dtype, compile, micro_batch (batch_tokens fixes the step's data)
   the packing policy    pack.*, unless train.qat is on (QAT trains against the policy's quantizer)
+  what is exported      train.export_weights (it only selects what the final checkpoint's model holds)
 Every other field is refused with a one-line error naming it, before anything in the run folder is
 written; so is a data folder whose tokenizer fingerprint differs from the run's, and a finished run
 whose budget is not raised.
@@ -26,7 +27,8 @@ BUDGET = {"train.max_steps", "train.time_budget"}
 BOOKKEEPING = {"train.log_every", "train.eval_every", "train.eval_tokens", "train.checkpoint_every",
                "model.exit_threshold"}
 EXECUTION = {"train.device", "train.dtype", "train.compile", "train.micro_batch"}
-CHANGEABLE = BUDGET | BOOKKEEPING | EXECUTION
+EXPORT = {"train.export_weights"}
+CHANGEABLE = BUDGET | BOOKKEEPING | EXECUTION | EXPORT
 
 # why a field cannot change, by its first matching prefix (for the error message)
 REASONS = (
@@ -37,6 +39,8 @@ REASONS = (
     ("train.warmdown", "it shapes the schedule the run follows"),
     ("train.min_lr_frac", "it shapes the schedule the run follows"),
     ("train.qat", "it shapes the schedule the run follows"),
+    ("train.ema_", "the saved weight averages were built with it"),
+    ("train.swa_", "the saved weight averages were built with it"),
     ("pack.", "train.qat trains against the packing policy"),
     ("train.", "the optimizer state was built with it"),
 )

@@ -2,7 +2,8 @@
 
 Elapsed training time counts only the training steps (not compilation, evaluation or checkpoints);
 it is saved in checkpoints, and rank 0's progress decides, on every rank, the learning rate, when QAT
-switches on (train.qat: lmgolf.training.qat, from qat_start or qat_lr_scale) and when the budget is spent.
+switches on (train.qat: lmgolf.training.qat, from qat_start or qat_lr_scale), when the weight averages
+(lmgolf.training.averaging) start and when the budget is spent.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lmgolf.errors import LmgolfError
 from lmgolf.eval.evaluate import evaluate
 from lmgolf.data.loader import WindowSampler
 from lmgolf.model.gpt import GPT
+from lmgolf.training.averaging import WeightAverages
 from lmgolf.training.optim import build_optimizers, lr_multiplier, set_lr
 from lmgolf.progress import MetricsLog, progress_bar
 from lmgolf.training.qat import QAT, qat_due
@@ -94,9 +96,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
     optimizers = build_optimizers(model, cfg.train, ns_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+    averages = WeightAverages(model, cfg.train)  # EMA and SWA, fp32 on the device; the same on every rank
     step, elapsed, qat_step = 0, 0.0, None  # qat_step: optimizer steps taken before QAT switched on
     if resume:
-        state = restore_training(out_dir, model, optimizers)
+        state = restore_training(out_dir, model, optimizers, averages=averages)
         step, elapsed = state["step"], state["elapsed"]
         qat_step = state.get("extra", {}).get("qat_step")
         if qat_step is not None and not qat_due(budget_progress(cfg, step, elapsed), cfg.train):
@@ -175,6 +178,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if qat is not None:  # new weights: snap again at the next forward
             qat.invalidate()
         model.zero_grad(set_to_none=True)
+        if averages.enabled:  # on the clock: part of the step's cost
+            averages.update(model, step + 1, fraction)
         if ddp.world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         train_loss = float(loss_sum)
@@ -202,14 +207,30 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
             _validate(_scored(model, qat), data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-            _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step)
+            _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step, averages)
         if on_step is not None:
             on_step(step)
     bar.close()
-    _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step)
-    final = _validate(_scored(model, qat), data, cfg, device, dtype, ddp, log, step, max_tokens=None, progress=progress)
+    export = cfg.train.export_weights if cfg.train.export_weights in averages.kept() else "raw"
+    if export != cfg.train.export_weights and ddp.is_main:
+        print(f"train.export_weights={cfg.train.export_weights}: that average holds nothing yet (it never started), "
+              f"exporting the raw weights", flush=True)
+    _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step, averages, export)
+    results = {}
+    for variant in averages.kept():  # raw first; each kept average swapped into the model in turn
+        with averages.swap_in(model, variant):
+            if qat is not None:
+                qat.invalidate()
+            results[variant] = _validate(_scored(model, qat), data, cfg, device, dtype, ddp, log, step, max_tokens=None,
+                                         progress=progress, variant=variant if averages.enabled else None)
+    if qat is not None:
+        qat.invalidate()
+    final = results[export]
     summary = {"steps": step, "tokens": step * tokens_per_step, "elapsed": elapsed,
                "val_loss": final.loss, "val_bpb": final.bpb}
+    if averages.enabled:  # what the checkpoint's model holds, and every kept variant's final validation
+        summary["export_weights"] = export
+        summary["variants"] = {v: {"val_loss": r.loss, "val_bpb": r.bpb} for v, r in results.items()}
     if cfg.train.qat:  # steps taken before QAT switched on (null: it never did)
         summary["qat_step"] = qat_step
     if ddp.is_main:
@@ -235,23 +256,32 @@ def _scored(model: GPT, qat: QAT | None):
 
 
 def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, log: MetricsLog, step: int,
-              max_tokens: int | None, progress: bool = False):
+              max_tokens: int | None, progress: bool = False, variant: str | None = None):
     tokens, nbytes = data.val_tokens_and_bytes()
     result = evaluate(model, tokens, nbytes, cfg.model.context, max_tokens=max_tokens, device=device, dtype=dtype,
                       progress=progress and ddp.is_main, rank=ddp.rank, world_size=ddp.world_size)
     if ddp.is_main:
-        log.write(step=step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens)
-        print(f"step {step}: {result.format()}" + (" | QAT: the export's weights" if isinstance(model, QAT) else ""),
-              flush=True)
+        log.write(step=step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens,
+                  **({"weights": variant} if variant else {}))
+        print(f"step {step}: {result.format()}" + (f" | weights: {variant}" if variant else "")
+              + (" | QAT: the export's weights" if isinstance(model, QAT) else ""), flush=True)
     return result
 
 
-def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist, qat_step: int | None = None) -> None:
+def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist, qat_step: int | None = None,
+                averages: WeightAverages | None = None, export: str = "raw") -> None:
+    """export: the final checkpoint's variant for model.safetensors (the raw weights then go to raw.safetensors)."""
     if ddp.is_main:  # the sampler is a pure function of (seed, step): the step is the data position
         position = {"sampler": "WindowSampler", "seed": cfg.train.seed, "next_step": step}
-        save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed,
-                        extra={"data_position": position, "qat_step": qat_step,
-                               "metrics_bytes": MetricsLog(out_dir / "metrics.jsonl").size()})
+        tensors, meta = averages.state_dict() if averages is not None else ({}, None)
+        extra = {"data_position": position, "qat_step": qat_step,
+                 "metrics_bytes": MetricsLog(out_dir / "metrics.jsonl").size()}
+        if averages is not None and averages.enabled:
+            extra.update(averages=meta, exported=export)
+        kept = {"averages": tensors} if tensors else {}  # the extra arguments only when there is something to save
+        if export != "raw":
+            kept["exported"] = averages.weights(model, export)
+        save_checkpoint(out_dir, model, optimizers, cfg, step, elapsed, extra, **kept)
     if ddp.world_size > 1:
         dist.barrier()
 
