@@ -36,6 +36,7 @@ MODES = ("window", "docs", "ttt", "temperature")
 TTT_OPTIONS = ("chunk", "steps", "lr", "momentum", "optimizer", "lora_rank", "lora_alpha", "reset_docs")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("fp32", "bf16", "auto")
+SPLITS = ("val", "test")  # score(split=...): the data folder's splits that can be scored
 RUNNERS = ("plain", "compressed")
 BUDGET = 16_000_000  # lmgolf.packing.artifact.BUDGET, repeated so that the signature needs no import
 MAX_TEXT_BYTES = 16_000_000  # score(text=...): the most bytes of text read (about 20 bytes of memory each)
@@ -205,7 +206,7 @@ class Score:
 
     def format(self) -> str:
         r = self.result
-        lines, what = [r.format()], "val" if self.text is None else "text"
+        lines, what = [r.format()], r.split if self.text is None else "text"
         if self.text is not None:
             lines.append(f"text {self.text}: {r.bytes:,} bytes coded in {r.bpb * r.bytes:,.0f} model bits "
                          f"({r.bpb * r.bytes / 8:,.0f} bytes)")
@@ -224,7 +225,8 @@ def score(target, data: str | Path | None = None, *, mode: str = "window", strid
           max_tokens: int | None = None, docs: bool = False, ttt: Mapping[str, Any] | None = None,
           fit_tokens: int | None = None, seed: int = 0, baselines: bool = False,
           baseline_prefix_bytes: int | None = None, dtype: str = "fp32", device: str = "auto",
-          progress: bool = True, text: str | Path | None = None, max_text_bytes: int = MAX_TEXT_BYTES) -> Score:
+          progress: bool = True, text: str | Path | None = None, max_text_bytes: int = MAX_TEXT_BYTES,
+          split: str = "val") -> Score:
     """Validation loss and exact bits per byte of a run folder, an artifact, a Loaded or a Run.
 
     mode: window (sliding windows, `stride`) | docs (no context across documents) | ttt (score-first
@@ -237,7 +239,14 @@ def score(target, data: str | Path | None = None, *, mode: str = "window", strid
     is loaded (a Loaded stays where it is). text: a file (.jsonl: a document a line; else UTF-8 text),
     or a folder of .txt/.jsonl files, scored instead of the val split, encoded as a data folder's val split
     is (the temperature mode still fits T on the data folder's training tokens); refused past
-    max_text_bytes."""
+    max_text_bytes. split: the data folder's split to score, val or test (PTB and WikiText-2 folders
+    have an official test split; others are refused). Word tokenizers also get the word-level
+    perplexity, exp(nats / words) (EvalResult.word_ppl)."""
+    _choice("score", "split", split, SPLITS)
+    if split != "val" and text is not None:
+        raise ArgumentError("score", "text", "is scored instead of a split; leave split at its default, val")
+    if split != "val" and baselines:
+        raise ArgumentError("score", "baselines", "compare with the data folder's val text", needs={"split": "val"})
     ttt_config = _score_options(mode, max_tokens, docs, ttt, fit_tokens, seed, baselines, baseline_prefix_bytes, dtype)
     loaded = _as_loaded(target, data, device)
     context = loaded.cfg.model.context
@@ -250,7 +259,7 @@ def score(target, data: str | Path | None = None, *, mode: str = "window", strid
         val = _text_tokens(loaded.tokenizer, text, max_text_bytes)
     folder = _data_folder("score", loaded) if text is None or mode == "temperature" else None
     result = _evaluate(loaded, folder, mode, ttt_config, stride=stride, max_tokens=max_tokens, docs=docs,
-                       fit_tokens=fit_tokens, seed=seed, dtype=dtype, progress=progress, val=val)
+                       fit_tokens=fit_tokens, seed=seed, dtype=dtype, progress=progress, val=val, split=split)
     out = Score(result, text=None if text is None else str(text))
     if loaded.kind == "artifact":  # its bytes count too
         from lmgolf.eval.baselines import total_description_length
@@ -317,11 +326,24 @@ def _text_tokens(tokenizer: Tokenizer, text, max_text_bytes: int):
 
 
 def _evaluate(loaded: Loaded, folder: DataFolder | None, mode: str, ttt, *, stride, max_tokens, docs, fit_tokens, seed,
-              dtype, progress, val=None) -> EvalResult:
+              dtype, progress, val=None, split: str = "val") -> EvalResult:
+    result = _evaluate_split(loaded, folder, mode, ttt, stride=stride, max_tokens=max_tokens, docs=docs,
+                             fit_tokens=fit_tokens, seed=seed, dtype=dtype, progress=progress, val=val, split=split)
+    result.split = split
+    if loaded.tokenizer.kind == "word":
+        from lmgolf.eval.evaluate import scored_words, word_perplexity
+        tokens = folder.split_tokens_and_bytes(split)[0] if val is None else val[0]
+        result.word_ppl = word_perplexity(result.loss * result.tokens,
+                                          scored_words(tokens, result.tokens, loaded.tokenizer.bos_id))
+    return result
+
+
+def _evaluate_split(loaded: Loaded, folder: DataFolder | None, mode: str, ttt, *, stride, max_tokens, docs,
+                    fit_tokens, seed, dtype, progress, val, split) -> EvalResult:
     from lmgolf.device import pick_dtype
     from lmgolf.eval.evaluate import evaluate, fit_temperature
     model, context, device = loaded.model, loaded.cfg.model.context, loaded.device
-    tokens, nbytes = folder.val_tokens_and_bytes() if val is None else val
+    tokens, nbytes = folder.split_tokens_and_bytes(split) if val is None else val
     common = dict(stride=stride, max_tokens=max_tokens, device=device, dtype=pick_dtype(dtype, device),
                   progress=progress, bos_id=loaded.tokenizer.bos_id)
     if mode == "ttt":

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="data folder (default: the one the run was trained on)")
     ev.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: the context, no overlap)")
     ev.add_argument("--max-tokens", type=int, default=None, help="score only this prefix of the validation split")
+    ev.add_argument("--split", default="val", choices=list(api.SPLITS),
+                    help="the data folder's split to score: val (default) or test (PTB, WikiText-2: the official test file)")
     ev.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"])
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--quiet", action="store_true")
@@ -284,7 +286,7 @@ def cmd_eval(args) -> None:
                        docs=args.docs, ttt={k: v for k, v in ttt.items() if v is not None}, fit_tokens=args.fit_tokens,
                        seed=args.seed, baselines=args.baselines, baseline_prefix_bytes=args.baseline_prefix_bytes,
                        dtype=args.dtype, device=args.device, progress=not args.quiet, text=args.text,
-                       max_text_bytes=args.max_text_bytes)
+                       max_text_bytes=args.max_text_bytes, split=args.split)
     print(result.format())
     print(json.dumps(result.as_dict()))
 

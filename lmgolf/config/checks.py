@@ -132,6 +132,23 @@ def check_train(cfg) -> None:
             raise LmgolfError(f"config field train.{name}: must be >= 0")
     if not 0 <= cfg.min_lr_frac <= 1:
         raise LmgolfError("config field train.min_lr_frac: must lie in [0, 1]")
+    if cfg.decay not in ("linear", "cosine"):
+        raise LmgolfError(f"config field train.decay: {cfg.decay!r} is not one of linear, cosine")
+    for name in ("warmdown_steps", "momentum_warmup_steps"):
+        if getattr(cfg, name) < 0:
+            raise LmgolfError(f"config field train.{name}: must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.momentum_start < 1:
+        raise LmgolfError(f"config field train.momentum_start: must lie in [0, 1), got {cfg.momentum_start}")
+    if cfg.momentum_warmup_steps and cfg.optimizer != "muon":
+        raise LmgolfError("config field train.momentum_warmup_steps: warms up Muon's momentum, set train.optimizer=muon or 0")
+    if cfg.warmdown_steps and cfg.decay != "linear":
+        raise LmgolfError("config field train.warmdown_steps: sets the linear warmdown, unused with train.decay=cosine (set 0)")
+    if cfg.warmdown_steps and cfg.qat_lr_scale:
+        raise LmgolfError("config fields train.warmdown_steps and train.qat_lr_scale: cannot be combined, "
+                          "start QAT with train.qat_start instead")
+    if cfg.warmdown_steps and cfg.swa_every and cfg.swa_start is None:
+        raise LmgolfError("config fields train.warmdown_steps and train.swa_start: with warmdown_steps "
+                          "set train.swa_start (its default is the fractional warmdown's start)")
     if cfg.max_steps < 0 or cfg.time_budget < 0:
         raise LmgolfError("config fields train.max_steps and train.time_budget: must be >= 0")
     if not 0 <= cfg.warmup + cfg.warmdown <= 1:

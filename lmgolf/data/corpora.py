@@ -41,6 +41,7 @@ class Corpus:
     sources: list[dict]  # [{"path", "bytes", "sha256"}] of the files read
     val_fraction: float | None = None  # the fraction the split used; None when the split is fixed
     seed: int | None = None  # the seed the split used; None when the split is fixed
+    test: list[str] | None = None  # the official test split (PTB, WikiText-2) when its file is there; else None
 
 
 # ---------------------------------------------------------------- reading files
@@ -218,8 +219,21 @@ def fixed_split(folder: Path, train_file: str, val_file: str) -> tuple[list[str]
     """Official train and val files, one document each."""
     train_text, train_source = read_text_file(find_corpus_file(folder, train_file))
     val_text, val_source = read_text_file(find_corpus_file(folder, val_file))
-    rule = f"official split: {train_file} is train, {val_file} is val (one document each; the test file is not used)"
+    rule = f"official split: {train_file} is train, {val_file} is val (one document each)"
     return [train_text], [val_text], [train_source, val_source], rule
+
+
+# The official test file of corpora that have one: read into Corpus.test when it is in the corpus folder.
+TEST_FILES = {"ptb": "ptb.test.txt", "wikitext-2": "test.txt"}
+
+
+def load_test_split(folder: Path, name: str) -> tuple[list[str] | None, dict | None]:
+    """The official test file as one document and its source record; (None, None) when absent."""
+    test_file = TEST_FILES.get(name)
+    if test_file is None or not any((folder / f).is_file() for f in (test_file, f"{test_file}.gz")):
+        return None, None
+    text, source = read_text_file(find_corpus_file(folder, test_file))
+    return ([text] if text else None), source
 
 
 def load_tinyshakespeare(folder: Path, val_fraction: float, seed: int):
@@ -410,7 +424,11 @@ def load_corpus(name_or_path: str, data_dir: str | None = None, val_fraction: fl
         if not any(train) or not any(val):
             raise LmgolfError(f"{folder}: corpus has no text in its train or val split")
         used_seed = seed if used_fraction is not None else None
-        return Corpus(name, train, val, rule, sources, used_fraction, used_seed)
+        test, test_source = load_test_split(folder, name)
+        if test is not None:
+            rule += f"; {TEST_FILES[name]} is the test split (one document)"
+        sources = sources + ([test_source] if test is not None else [])
+        return Corpus(name, train, val, rule, sources, used_fraction, used_seed, test=test)
     path = Path(name).expanduser()
     if path.exists():
         return load_custom(path, val_fraction, seed)

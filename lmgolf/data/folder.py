@@ -70,24 +70,45 @@ class DataFolder:
         """train.bin as a memmap, its checksum, ids and count checked (the file is read once per process)."""
         return self._train
 
-    @cached_property
-    def _val(self) -> tuple[np.ndarray, np.ndarray]:
+    def _scored_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         self.tokenizer()
-        tokens_path, bytes_path = self.path / "val.bin", self.path / "val_bytes.bin"
+        tokens_path, bytes_path = self.path / f"{split}.bin", self.path / f"{split}_bytes.bin"
         tokens = read_shard(tokens_path, expect_fingerprint=self.fingerprint, expect_kind="tokens", below=self.vocab_size)
         nbytes = read_shard(bytes_path, expect_fingerprint=self.fingerprint, expect_kind="bytes")
         if len(tokens) != len(nbytes):
             raise LmgolfError(f"{bytes_path}: {len(nbytes)} byte counts for {len(tokens)} tokens")
-        self._check_count(tokens_path, "val", len(tokens))
-        total, recorded = int(np.sum(nbytes, dtype=np.int64)), self.meta["counts"]["val"]["bytes"]
+        self._check_count(tokens_path, split, len(tokens))
+        total, recorded = int(np.sum(nbytes, dtype=np.int64)), self.meta["counts"][split]["bytes"]
         if total != recorded:
             raise LmgolfError(f"{bytes_path}: byte counts sum to {total}, but {self.path / 'meta.json'} field "
-                              f"counts.val.bytes says {recorded}")
+                              f"counts.{split}.bytes says {recorded}")
         return tokens, nbytes
+
+    @cached_property
+    def _val(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._scored_split("val")
+
+    @cached_property
+    def _test(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._scored_split("test")
 
     def val_tokens_and_bytes(self) -> tuple[np.ndarray, np.ndarray]:
         """val.bin and val_bytes.bin, checked: checksums, ids, counts, and the bytes summing to meta.json's."""
         return self._val
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits that can be scored: val, and test where meta.json records one (counts.test)."""
+        return ("val", "test") if "test" in self.meta["counts"] else ("val",)
+
+    def split_tokens_and_bytes(self, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+        """The tokens and byte counts of a scored split (val or test), checked as val's are."""
+        if split not in ("val", "test"):
+            raise LmgolfError(f"split: {split!r} is not one of val, test")
+        if split not in self.splits:
+            raise LmgolfError(f"{self.path}: has no test split (only corpora with an official test file, "
+                              f"ptb and wikitext-2, get one from `lmgolf data prepare`)")
+        return self._val if split == "val" else self._test
 
     def check(self) -> None:
         """Everything training reads, checked up front (before a run folder is written)."""

@@ -29,6 +29,14 @@ REQUIRED_FIELDS = {
     "counts.val.bytes": int,
 }
 
+# counts.test: only data folders of corpora with an official test split have it (older folders never do)
+OPTIONAL_FIELDS = {
+    "counts.test": dict,
+    "counts.test.documents": int,
+    "counts.test.tokens": int,
+    "counts.test.bytes": int,
+}
+
 
 def field_value(meta: dict, dotted: str):
     value = meta
@@ -39,16 +47,22 @@ def field_value(meta: dict, dotted: str):
     return value
 
 
-def check_meta(path: Path, meta) -> None:
-    if not isinstance(meta, dict):
-        raise LmgolfError(f"{path}: not a JSON object")
-    for dotted, kind in REQUIRED_FIELDS.items():
+def check_fields(path: Path, meta: dict, fields: dict) -> None:
+    for dotted, kind in fields.items():
         try:
             value = field_value(meta, dotted)
         except KeyError:
             raise LmgolfError(f"{path}: field {dotted}: missing") from None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise LmgolfError(f"{path}: field {dotted}: expected {kind.__name__}, got {value!r}")
+
+
+def check_meta(path: Path, meta) -> None:
+    if not isinstance(meta, dict):
+        raise LmgolfError(f"{path}: not a JSON object")
+    check_fields(path, meta, REQUIRED_FIELDS)
+    if "test" in meta["counts"]:
+        check_fields(path, meta, OPTIONAL_FIELDS)
     if meta["format"] != DATA_FORMAT:
         raise LmgolfError(f"{path}: field format: expected {DATA_FORMAT!r}, got {meta['format']!r}")
     if meta["format_version"] > DATA_FORMAT_VERSION:

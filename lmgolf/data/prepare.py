@@ -4,6 +4,8 @@
     out/train.bin       train token ids, every document written as [bos] + ids(document)
     out/val.bin         val token ids, same layout
     out/val_bytes.bin   bytes each val token stands for (0 for BOS); sums to the val text's byte count
+    out/test.bin        only for corpora with an official test split (PTB, WikiText-2): as val.bin
+    out/test_bytes.bin  and as val_bytes.bin, for the test text
     out/meta.json       what was made from what, and the counts
 
 Everything is written into a temp folder beside `out` and renamed at the end, so a failure leaves nothing behind.
@@ -141,12 +143,13 @@ def encode_val_document(tokenizer, document: str) -> tuple[np.ndarray, np.ndarra
     return np.concatenate([[tokenizer.bos_id], ids]), np.concatenate([[0], nbytes])
 
 
-def encode_val_documents(tokenizer, documents: list[str], progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def encode_val_documents(tokenizer, documents: list[str], progress: bool = False,
+                         split: str = "val") -> tuple[np.ndarray, np.ndarray]:
     """The val split's layout of documents: every one [bos] + ids, with its exact byte counts (0 for BOS),
     which sum to the documents' UTF-8 size."""
     total_bytes = sum(utf8_size(document) for document in documents)
     token_parts, byte_parts = [], []
-    with progress_bar(total=total_bytes, desc="tokenizing val", unit="B", disable=not progress) as bar:
+    with progress_bar(total=total_bytes, desc=f"tokenizing {split}", unit="B", disable=not progress) as bar:
         for document in documents:
             ids, nbytes = encode_val_document(tokenizer, document)
             token_parts.append(ids)
@@ -154,16 +157,16 @@ def encode_val_documents(tokenizer, documents: list[str], progress: bool = False
             bar.update(utf8_size(document))
     tokens, nbytes = np.concatenate(token_parts), np.concatenate(byte_parts)
     if int(nbytes.sum()) != total_bytes:
-        raise AssertionError(f"val byte counts sum to {int(nbytes.sum())}, the val text has {total_bytes} bytes")
+        raise AssertionError(f"{split} byte counts sum to {int(nbytes.sum())}, the {split} text has {total_bytes} bytes")
     return tokens, nbytes
 
 
-def write_val_tokens(folder: Path, documents: list[str], tokenizer, progress: bool) -> dict:
-    """val.bin and val_bytes.bin; returns the split's counts."""
+def write_val_tokens(folder: Path, documents: list[str], tokenizer, progress: bool, split: str = "val") -> dict:
+    """{split}.bin and {split}_bytes.bin (val, or test); returns the split's counts."""
     total_bytes = sum(utf8_size(document) for document in documents)
-    tokens, nbytes = encode_val_documents(tokenizer, documents, progress)
-    write_shard(folder / "val.bin", tokens, tokenizer.fingerprint, "tokens", dtype_for_vocab(tokenizer.vocab_size))
-    write_shard(folder / "val_bytes.bin", nbytes, tokenizer.fingerprint, "bytes")
+    tokens, nbytes = encode_val_documents(tokenizer, documents, progress, split)
+    write_shard(folder / f"{split}.bin", tokens, tokenizer.fingerprint, "tokens", dtype_for_vocab(tokenizer.vocab_size))
+    write_shard(folder / f"{split}_bytes.bin", nbytes, tokenizer.fingerprint, "bytes")
     return {"documents": len(documents), "tokens": len(tokens), "bytes": total_bytes}
 
 
@@ -173,6 +176,9 @@ def tokenizer_meta(tokenizer) -> dict:
 
 
 def build_meta(corpus: dict, tokenizer, bytes_rule: str, counts: dict) -> dict:
+    files = {"tokenizer": "tokenizer", "train": "train.bin", "val": "val.bin", "val_bytes": "val_bytes.bin"}
+    if "test" in counts:
+        files.update(test="test.bin", test_bytes="test_bytes.bin")
     return {
         "format": DATA_FORMAT,
         "format_version": DATA_FORMAT_VERSION,
@@ -181,7 +187,7 @@ def build_meta(corpus: dict, tokenizer, bytes_rule: str, counts: dict) -> dict:
         "corpus": corpus,
         "tokenizer": tokenizer_meta(tokenizer),
         "bytes_rule": bytes_rule,
-        "files": {"tokenizer": "tokenizer", "train": "train.bin", "val": "val.bin", "val_bytes": "val_bytes.bin"},
+        "files": files,
         "counts": counts,
     }
 
@@ -198,6 +204,8 @@ def prepare_data(corpus: str, tokenizer: str, out: str | Path, vocab_size: int |
         tok.save(staging / "tokenizer")
         counts = {"train": write_train_tokens(staging / "train.bin", loaded.train, tok, progress),
                   "val": write_val_tokens(staging, loaded.val, tok, progress)}
+        if loaded.test:
+            counts["test"] = write_val_tokens(staging, loaded.test, tok, progress, split="test")
         corpus_meta = {"name": loaded.name, "split": loaded.split, "val_fraction": loaded.val_fraction,
                        "seed": loaded.seed, "sources": loaded.sources}
         meta = build_meta(corpus_meta, tok, UTF8_RULE, counts)

@@ -50,11 +50,14 @@ class EvalResult:
     docs: bool = False              # every document scored on its own
     temperature: float | None = None
     ttt: dict | None = None         # the test-time training settings
+    split: str = "val"              # the data folder's split scored: val | test
+    word_ppl: float | None = None   # word tokenizers: exp(nats / words), see word_perplexity
     nats: np.ndarray | None = field(default=None, repr=False)    # per_token: nats of targets 1..n-1
     counts: np.ndarray | None = field(default=None, repr=False)  # per_token: times each target was scored
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("nats", "counts")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("nats", "counts") and not (k == "word_ppl" and v is None)}
 
     def format(self) -> str:
         extra = "" if self.mode == "window" else f" | mode {self.mode}"
@@ -64,9 +67,26 @@ class EvalResult:
             t = self.ttt
             extra += f" | {t['optimizer']} lr {t['lr']:g}, {t['steps']} steps per {t['chunk'] or self.context}-token chunk"
             extra += ", reset at each document" if t["reset_docs"] else ""
-        return (f"val loss {self.loss:.4f} nats/token | {self.bpb:.4f} bits/byte | {self.tokens:,} tokens, "
+        ppl = f" | word perplexity {self.word_ppl:.2f}" if self.word_ppl is not None else ""
+        return (f"{self.split} loss {self.loss:.4f} nats/token | {self.bpb:.4f} bits/byte{ppl} | {self.tokens:,} tokens, "
                 f"{self.bytes:,} bytes | context {self.context}, stride {self.stride} | {self.seconds:.1f} s"
                 + (f" | mean exit depth {self.avg_depth:.2f}" if self.avg_depth is not None else "") + extra)
+
+
+def scored_words(tokens: np.ndarray, scored: int, bos_id: int) -> int:
+    """Words of a word tokenizer among the scored targets 1..scored: every target but a BOS. The <eos>
+    token (a newline: PTB's end of sentence) counts as a word, as in the standard PTB perplexity."""
+    return int(np.count_nonzero(np.asarray(tokens[1:scored + 1]) != bos_id))
+
+
+def word_perplexity(total_nats: float, words: int) -> float:
+    """exp(total nats / words): word-level perplexity (inf when it overflows a float)."""
+    if words < 1:
+        raise LmgolfError("word perplexity: no words were scored")
+    try:
+        return math.exp(total_nats / words)
+    except OverflowError:
+        return math.inf
 
 
 def window_plan(n_tokens: int, context: int, stride: int) -> list[Window]:

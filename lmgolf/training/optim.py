@@ -4,9 +4,13 @@
 maps; Adam for the lookup tables, an untied head, and every gain, scale, bias and gate. Each parameter's
 role comes from lmgolf.params.
 `adamw`: AdamW for everything, with weight decay on matrices only (nanoGPT's split).
+Muon's weight decay is decoupled (AdamW-style): the weights shrink by lr * weight_decay, apart from the gradient.
+The schedule: lr_multiplier (linear or cosine decay), warmdown_fraction (train.warmdown_steps), muon_momentum.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -49,7 +53,7 @@ class Muon(torch.optim.Optimizer):
                 update = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
                 update = newton_schulz(update, group["ns_steps"], self.ns_dtype)
                 update *= max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if group["weight_decay"]:
+                if group["weight_decay"]:  # decoupled (AdamW-style): on the weights, scaled by lr, not via the gradient
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])
 
@@ -75,14 +79,59 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, ns_dtype: torch.dtype =
     return optimizers
 
 
-def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
-    """Warmup ramp, flat, then linear warmdown to min_lr_frac; progress is the fraction of the budget used."""
+def lr_multiplier(progress: float, cfg: TrainConfig, warmdown: float | None = None) -> float:
+    """Warmup ramp over the first `warmup` of the budget, then the decay; progress is the fraction of the budget used.
+
+    decay=linear: flat, then a linear warmdown over the last `warmdown` of the budget (the argument, else
+    cfg.warmdown; see warmdown_fraction for train.warmdown_steps) to min_lr_frac.
+    decay=cosine: from the end of the warmup to the end of the budget, t from 0 to 1,
+    min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + cos(pi * t)); the warmdown is unused.
+    """
     if cfg.warmup > 0 and progress < cfg.warmup:
         return max(progress / cfg.warmup, 1e-3)
-    if cfg.warmdown > 0 and progress > 1 - cfg.warmdown:
-        remaining = max(0.0, 1 - progress) / cfg.warmdown
+    if cfg.decay == "cosine":
+        t = min(1.0, max(0.0, (progress - cfg.warmup) / (1 - cfg.warmup))) if cfg.warmup < 1 else 1.0
+        return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+    warmdown = cfg.warmdown if warmdown is None else warmdown
+    if warmdown > 0 and progress > 1 - warmdown:
+        remaining = max(0.0, 1 - progress) / warmdown
         return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * remaining
     return 1.0
+
+
+def warmdown_fraction(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """The linear warmdown's share of the budget: train.warmdown, or with train.warmdown_steps=N the last N steps.
+
+    Step budget: N / max_steps. Time budget: N steps at the mean step time so far, N * (elapsed / step) /
+    time_budget, so the warmdown starts once the estimated remaining steps, remaining time / mean step time,
+    are <= N, and the multiplier is then those steps / N (the challenge baseline's rule); 0 before the first
+    step. With both budgets the larger (the one that ends first). A function of (step, elapsed), which
+    checkpoints keep, so a resumed run continues the same schedule.
+    """
+    if not cfg.warmdown_steps:
+        return cfg.warmdown
+    shares = []
+    if cfg.max_steps:
+        shares.append(cfg.warmdown_steps / cfg.max_steps)
+    if cfg.time_budget:
+        shares.append(cfg.warmdown_steps * elapsed / (step * cfg.time_budget) if step else 0.0)
+    return min(1.0, max(shares))
+
+
+def muon_momentum(step: int, cfg: TrainConfig) -> float:
+    """Muon's momentum at optimizer step `step` (steps done so far): linear from momentum_start to momentum
+    over the first momentum_warmup_steps steps (the baseline: 0.85 -> 0.95 over 500), then momentum."""
+    if not cfg.momentum_warmup_steps:
+        return cfg.momentum
+    frac = min(step / cfg.momentum_warmup_steps, 1.0)
+    return (1 - frac) * cfg.momentum_start + frac * cfg.momentum
+
+
+def set_momentum(optimizers: list[torch.optim.Optimizer], momentum: float) -> None:
+    for opt in optimizers:
+        if isinstance(opt, Muon):
+            for group in opt.param_groups:
+                group["momentum"] = momentum
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:

@@ -1,7 +1,8 @@
 """Training: a budget of wall-clock seconds or steps, gradient accumulation, Muon or AdamW, DDP under torchrun.
 
 Elapsed training time counts only the training steps (not compilation, evaluation or checkpoints);
-it is saved in checkpoints, and rank 0's progress decides, on every rank, the learning rate, when QAT
+it is saved in checkpoints, and rank 0's progress (and, for train.warmdown_steps under a time budget, its
+mean step time) decides, on every rank, the learning rate, when QAT
 switches on (train.qat: lmgolf.training.qat, from qat_start or qat_lr_scale), when the weight averages
 (lmgolf.training.averaging) start and when the budget is spent.
 """
@@ -32,7 +33,8 @@ from lmgolf.eval.evaluate import evaluate
 from lmgolf.data.loader import WindowSampler
 from lmgolf.model.gpt import GPT
 from lmgolf.training.averaging import WeightAverages
-from lmgolf.training.optim import build_optimizers, lr_multiplier, set_lr
+from lmgolf.training.optim import (build_optimizers, lr_multiplier, muon_momentum, set_lr, set_momentum,
+                                   warmdown_fraction)
 from lmgolf.progress import MetricsLog, progress_bar
 from lmgolf.training.qat import QAT, qat_due
 from lmgolf.training.resume import _finished_at, check_resume
@@ -149,10 +151,14 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
               f"x {ddp.world_size} x {cfg.model.context}", flush=True)
     bar = progress_bar(total=100, desc="train", unit="%", disable=not (progress and ddp.is_main))
     while True:
-        fraction = _agreed_progress(budget_progress(cfg, step, elapsed), ddp, device)
+        fraction, warmdown = _agreed(budget_progress(cfg, step, elapsed), warmdown_fraction(cfg.train, step, elapsed),
+                                     ddp=ddp, device=device)
         if fraction >= 1:
             break
-        set_lr(optimizers, lr_multiplier(fraction, cfg.train))
+        lr_mult = lr_multiplier(fraction, cfg.train, warmdown)
+        set_lr(optimizers, lr_mult)
+        if cfg.train.momentum_warmup_steps:
+            set_momentum(optimizers, muon_momentum(step, cfg.train))
         model.recurrence_on = fraction >= cfg.model.recur_start
         if qat is not None:  # a guarded attribute, so compiled graphs follow it (lmgolf.training.qat)
             qat.enabled = qat_due(fraction, cfg.train)
@@ -202,7 +208,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
             if step % cfg.train.log_every == 0 or step == 1:
                 extra = {"expert_usage": [[round(u, 4) for u in row] for row in last_usage["experts"].tolist()]} \
                     if cfg.model.moe_experts else {}
-                log.write(step=step, loss=train_loss, lr_mult=lr_multiplier(fraction, cfg.train), elapsed=elapsed,
+                log.write(step=step, loss=train_loss, lr_mult=lr_mult, elapsed=elapsed,
                           tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token, **extra)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
             _validate(_scored(model, qat), data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
@@ -289,11 +295,17 @@ def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist, qat_s
 def _agreed_progress(fraction: float, ddp: Dist, device) -> float:
     """Rank 0's budget fraction (its clock decides), so that every process sets the same learning rate,
     switches QAT on and stops after the same step."""
+    return _agreed(fraction, ddp=ddp, device=device)[0]
+
+
+def _agreed(*values: float, ddp: Dist, device) -> list[float]:
+    """Rank 0's values, on every process, in one broadcast: the budget fraction, and the warmdown's share
+    of the budget (from rank 0's mean step time under a time budget with train.warmdown_steps)."""
     if ddp.world_size == 1:
-        return fraction
-    value = torch.tensor([fraction], dtype=torch.float64, device=device)
+        return list(values)
+    value = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(value, src=0)
-    return float(value.item())
+    return value.tolist()
 
 
 def _now(device) -> float:
