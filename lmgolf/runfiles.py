@@ -8,6 +8,7 @@ files of NAME whose process (PID) is gone (remove_stale_temps), so nothing is st
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -121,3 +122,21 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json_object(path: str | Path, missing: str) -> dict:
+    """A JSON object from a file, or a one-line error naming the file: `missing` says what its absence means."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LmgolfError(f"{path}: missing; {missing}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise LmgolfError(f"{path}: cannot read ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LmgolfError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}, column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise LmgolfError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value

@@ -81,3 +81,14 @@ def assert_one_line_error(code, err, *fragments):
     assert "Traceback" not in err and "IndexError" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+# a tiny cpu-demo variant that trains in well under a second a step on one thread
+TINY_RUN = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.context=32", "train.batch_tokens=256",
+            "train.micro_batch=4", "train.log_every=1", "train.dtype=fp32", "train.eval_tokens=512",
+            "train.compile=off"]
+
+
+def tiny_cfg(*extra):
+    from lmgolf.config import load_config
+    return load_config("cpu-demo", TINY_RUN + list(extra))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lmgolf.training.trainer as trainer
-from conftest import interrupt_at
+from conftest import tiny_cfg, interrupt_at
 from lmgolf.config import TrainConfig, load_config
 from lmgolf.errors import LmgolfError
 from lmgolf.training.checkpoint import load_model, read_state
@@ -17,15 +17,8 @@ from lmgolf.training.optim import Muon, lr_multiplier, muon_momentum, warmdown_f
 from lmgolf.training.resume import refuse_frozen_changes, resumed_config
 from lmgolf.training.trainer import train
 
-TINY = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.context=32", "train.batch_tokens=256",
-        "train.micro_batch=4", "train.log_every=1", "train.dtype=fp32", "train.eval_tokens=512",
-        "train.compile=off"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_cfg(*extra):
-    return load_config("cpu-demo", TINY + list(extra))
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmgolf.errors import LmgolfError
+from lmgolf.runfiles import read_json_object
 
 DATA_FORMAT = "lmgolf-data"
 DATA_FORMAT_VERSION = 1
@@ -78,15 +78,6 @@ def check_meta(path: Path, meta) -> None:
 def load_meta(data_dir: str | Path) -> dict:
     """A data folder's meta.json, checked."""
     path = Path(data_dir) / "meta.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LmgolfError(f"{path}: missing; not an lmgolf data folder (make one with `lmgolf data prepare`)") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise LmgolfError(f"{path}: cannot read ({error})") from None
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise LmgolfError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    meta = read_json_object(path, "not an lmgolf data folder (make one with `lmgolf data prepare`)")
     check_meta(path, meta)
     return meta

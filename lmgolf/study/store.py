@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lmgolf.errors import LmgolfError
+from lmgolf.runfiles import read_json_object
 
 DEFAULT_PATH = "runs/results.sqlite"
 BUSY_TIMEOUT_S = 60.0
@@ -66,22 +67,6 @@ def canonical_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise LmgolfError(f"{path}: missing; {what}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LmgolfError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LmgolfError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    if not isinstance(value, dict):
-        raise LmgolfError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def data_fingerprint(data: dict) -> str | None:
     """sha256 of the run's data record with its file paths left out (the folder may move)."""
     if not data:
@@ -112,9 +97,9 @@ def read_run(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LmgolfError(f"{run_dir}: not a run folder (no such folder)")
-    record = _read_json(run_dir / "run.json", "not a run folder")
-    config = _read_json(run_dir / "config.json", "the run folder has no config")
-    summary = _read_json(run_dir / "summary.json", "the run is unfinished (resume it, then add it)")
+    record = read_json_object(run_dir / "run.json", "not a run folder")
+    config = read_json_object(run_dir / "config.json", "the run folder has no config")
+    summary = read_json_object(run_dir / "summary.json", "the run is unfinished (resume it, then add it)")
     try:
         cfg = Config.from_dict(config, source=str(run_dir / "config.json"))
         count = count_config(cfg.model)
