@@ -4,8 +4,6 @@ bounded memory and a one-line message, never a traceback or an allocator error."
 import json
 import lzma
 import struct
-import subprocess
-import sys
 import time
 import tracemalloc
 import zlib

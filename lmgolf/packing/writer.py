@@ -27,7 +27,7 @@ from lmgolf.params import GROUPS, parameter_group
 from lmgolf.errors import LmgolfError
 from lmgolf.model.gpt import GPT
 from lmgolf.packing.policy import export_rows, prune_masks, storage_for, storages_for
-from lmgolf.quantize import STORAGES, as_rows
+from lmgolf.quantize import STORAGES
 from lmgolf.runfiles import atomic_write_bytes, check_replaceable
 
 
