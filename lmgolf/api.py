@@ -147,12 +147,9 @@ def recorded_data(run_dir: str | Path) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LmgolfError(f"{path}: not valid JSON") from None
+    """A JSON object from an optional file ({} when it is not there)."""
+    from lmgolf.runfiles import read_json_object
+    return read_json_object(path, "") if path.is_file() else {}
 
 
 def _as_loaded(target, data, device: str) -> Loaded:
@@ -327,23 +324,22 @@ def _text_tokens(tokenizer: Tokenizer, text, max_text_bytes: int):
 
 def _evaluate(loaded: Loaded, folder: DataFolder | None, mode: str, ttt, *, stride, max_tokens, docs, fit_tokens, seed,
               dtype, progress, val=None, split: str = "val") -> EvalResult:
-    result = _evaluate_split(loaded, folder, mode, ttt, stride=stride, max_tokens=max_tokens, docs=docs,
-                             fit_tokens=fit_tokens, seed=seed, dtype=dtype, progress=progress, val=val, split=split)
+    tokens, nbytes = folder.split_tokens_and_bytes(split) if val is None else val
+    result = _evaluate_split(loaded, folder, mode, ttt, tokens, nbytes, stride=stride, max_tokens=max_tokens,
+                             docs=docs, fit_tokens=fit_tokens, seed=seed, dtype=dtype, progress=progress)
     result.split = split
     if loaded.tokenizer.kind == "word":
         from lmgolf.eval.evaluate import scored_words, word_perplexity
-        tokens = folder.split_tokens_and_bytes(split)[0] if val is None else val[0]
         result.word_ppl = word_perplexity(result.loss * result.tokens,
                                           scored_words(tokens, result.tokens, loaded.tokenizer.bos_id))
     return result
 
 
-def _evaluate_split(loaded: Loaded, folder: DataFolder | None, mode: str, ttt, *, stride, max_tokens, docs,
-                    fit_tokens, seed, dtype, progress, val, split) -> EvalResult:
+def _evaluate_split(loaded: Loaded, folder: DataFolder | None, mode: str, ttt, tokens, nbytes, *, stride, max_tokens,
+                    docs, fit_tokens, seed, dtype, progress) -> EvalResult:
     from lmgolf.device import pick_dtype
     from lmgolf.eval.evaluate import evaluate, fit_temperature
     model, context, device = loaded.model, loaded.cfg.model.context, loaded.device
-    tokens, nbytes = folder.split_tokens_and_bytes(split) if val is None else val
     common = dict(stride=stride, max_tokens=max_tokens, device=device, dtype=pick_dtype(dtype, device),
                   progress=progress, bos_id=loaded.tokenizer.bos_id)
     if mode == "ttt":

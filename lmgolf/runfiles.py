@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -51,7 +52,6 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temps(path: str | Path, suffixes: tuple[str, ...] = (".tmp",)) -> None:
     """Removes the temp files and folders for `path` (beside it) left by processes that are gone."""
-    import shutil
     path = Path(path)
     try:
         entries = list(path.parent.iterdir())

@@ -168,8 +168,8 @@ def test_count_on_a_huge_model_answers_at_once(capsys):
 
 
 def test_train_refuses_a_model_that_cannot_fit(byte_data, tmp_path, monkeypatch):
-    import lmgolf.model.count as count
-    monkeypatch.setattr(count, "available_bytes", lambda device: 2**30)
+    import lmgolf.training.memory as memory
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**30)
     from lmgolf.training.trainer import train
     cfg = load_config("cpu-demo", TINY + ["train.max_steps=1", "model.d_model=4096", "model.n_head=32", "model.n_layer=2"])
     start = time.perf_counter()

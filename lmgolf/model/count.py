@@ -14,7 +14,6 @@ Modules declare their own costs beside their code, and this file only sums them:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,7 +21,6 @@ import torch
 from torch import nn
 
 from lmgolf.config import ModelConfig
-from lmgolf.errors import LmgolfError
 from lmgolf.model.gpt import GPT
 from lmgolf.params import GROUPS, parameter_group
 
@@ -98,30 +96,3 @@ def format_count(cfg: ModelConfig, count: ModelCount) -> str:
     lines.append(f"training FLOPs/token = {' + '.join(terms)} = {count.train_flops_per_token:,}")
     lines.append(f"forward FLOPs/token = {count.forward_flops_per_token:,}")
     return "\n".join(lines)
-
-
-TRAIN_BYTES_PER_PARAM = 16  # float32 weights 4 + gradients 4 + optimizer state 8 (Adam's two moments)
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Memory free for a new model on `device`: the GPU's free memory, or the host's MemAvailable."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            return None
-
-
-def check_training_memory(cfg: ModelConfig, device: torch.device) -> None:
-    """Refuses, with the memory it needs, a model whose weights, gradients and optimizer state alone
-    do not fit in the memory `device` has free (activations come on top)."""
-    params = count_config(cfg).params
-    need, have = TRAIN_BYTES_PER_PARAM * params, available_bytes(device)
-    if have is not None and need > have:
-        raise LmgolfError(f"config fields model.*: training {params:,} parameters needs at least {need / 2**30:,.1f} GiB "
-                          f"(weights, gradients and optimizer state), {device.type} has {have / 2**30:,.1f} GiB free")

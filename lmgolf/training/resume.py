@@ -92,7 +92,7 @@ def check_resume(run_dir: str | Path, cfg: Config, data: DataFolder) -> dict[str
     if lowered:
         raise LmgolfError(f"resume: {lowered[0]} is below what the checkpoint has already used (step {state['step']}, "
                           f"{state['elapsed']:.1f} s); ask for more")
-    if spent and _finished_at(run_dir) == state["step"]:
+    if spent and finished_at(run_dir) == state["step"]:
         raise LmgolfError(f"resume: the run in {run_dir} is finished at step {state['step']}, its budget "
                           f"{' and '.join(spent)} is spent; raise it (--max-steps, --time-budget) to extend the run")
     return changes
@@ -125,7 +125,7 @@ def spent_budgets(t: TrainConfig, step: int, elapsed: float) -> list[str]:
     return spent
 
 
-def _finished_at(run_dir: str | Path) -> int | None:
+def finished_at(run_dir: str | Path) -> int | None:
     """The step summary.json records, written once the final validation is done (None: not finished)."""
     try:
         return json.loads((Path(run_dir) / "summary.json").read_text())["steps"]

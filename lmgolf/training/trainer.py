@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmgolf.training.checkpoint import CHECKPOINT_DIR, check_out_folder, restore_training, save_checkpoint
 from lmgolf.config import Config
-from lmgolf.model.count import check_training_memory, count_module
+from lmgolf.model.count import count_module
 from lmgolf.data.folder import DataFolder
 from lmgolf.device import Dist, autocast, close_distributed, init_distributed, pick_device, pick_dtype, want_compile
 from lmgolf.errors import LmgolfError
@@ -33,11 +33,12 @@ from lmgolf.eval.evaluate import evaluate
 from lmgolf.data.loader import WindowSampler
 from lmgolf.model.gpt import GPT
 from lmgolf.training.averaging import WeightAverages
+from lmgolf.training.memory import check_training_memory
 from lmgolf.training.optim import (build_optimizers, lr_multiplier, muon_momentum, set_lr, set_momentum,
                                    warmdown_fraction)
 from lmgolf.progress import MetricsLog, progress_bar
 from lmgolf.training.qat import QAT, qat_due
-from lmgolf.training.resume import _finished_at, check_resume
+from lmgolf.training.resume import finished_at, check_resume
 from lmgolf.runfiles import atomic_write_text
 from lmgolf.runinfo import run_record
 
@@ -113,7 +114,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     log = MetricsLog(out_dir / "metrics.jsonl" if ddp.is_main else None)
     if resume:
         # each step once: drop what was logged after the checkpoint (a finished run keeps its final validation)
-        log.rewind(None if _finished_at(out_dir) == step else state["extra"].get("metrics_bytes"), step)
+        log.rewind(None if finished_at(out_dir) == step else state["extra"].get("metrics_bytes"), step)
         log.write(step=step, resumed=True, elapsed=elapsed, changed={k: list(v) for k, v in changes.items()})
 
     qat = QAT(model, cfg.pack, reuse=True) if cfg.train.qat else None  # `model` keeps the weights and their names
