@@ -1,8 +1,13 @@
-"""The `lmgolf` command line: a thin layer over the Python API."""
+"""The `lmgolf` command line: a thin layer over the Python API.
+
+The core commands are here; larger command groups live beside it in lmgolf/cli/NAME.py, each module
+with `register(subparsers)` that adds its parsers and sets their `func`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -12,6 +17,8 @@ from lmgolf.errors import LmgolfError
 
 # the named accelerators of `lmgolf plan` (lmgolf.study.plan.HARDWARE, kept in step by tests/test_plan.py)
 PLAN_HARDWARE = ("h100-bf16", "h100-fp8", "h200-bf16", "a100-bf16", "a100-tf32", "v100-fp16", "t4-fp16", "l4-bf16")
+# command groups in their own modules (lmgolf/cli/NAME.py), each with register(subparsers)
+COMMAND_MODULES = ("export", "serve", "sweep", "plots")
 COMMANDS = {"score": "eval"}  # the command of each API call, where the names differ
 # the flag of each API argument, where it is not the argument's name with dashes
 FLAGS = {"ttt": "--ttt-* and --lora-*", "ttt.chunk": "--ttt-chunk", "ttt.steps": "--ttt-steps", "ttt.lr": "--ttt-lr",
@@ -172,15 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the text as it is sampled (the default); --no-stream: all at the end")
     gen.set_defaults(func=cmd_generate)
 
-    export = sub.add_parser("export", help="export a run folder or an artifact to another format").add_subparsers(
-        dest="export_command", required=True)
-    hf = export.add_parser("hf", help="a Hugging Face transformers folder (LlamaForCausalLM, tokenizer.json)")
-    hf.add_argument("path")
-    hf.add_argument("--out", required=True, help="the folder to write (new, empty or an earlier export)")
-    hf.add_argument("--no-tokenizer", action="store_true", help="write the model only (tokenizers other than "
-                    "byte and gpt2 have no export)")
-    hf.set_defaults(func=cmd_export_hf)
-
     chat = sub.add_parser("chat", help="a REPL over a run folder or an artifact (User:/Assistant: lines; /reset, /quit)")
     chat.add_argument("path")
     chat.add_argument("--max-new-tokens", type=int, default=200, help="per reply, at most 16384")
@@ -230,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--runner", default="plain", choices=["plain", "compressed"], help="the runner whose bytes count as code")
     plan.add_argument("--row", type=int, default=512, help="weights per row, for the fp16 scales' overhead (default 512)")
     plan.set_defaults(func=cmd_plan)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"lmgolf.cli.{module}").register(sub)
     return p
 
 
@@ -356,11 +357,6 @@ def cmd_chat(args) -> int:
         sys.stdout.flush()
 
     return chat_loop(chat, sys.stdin, write)
-
-
-def cmd_export_hf(args) -> None:
-    files = api.export_hf(args.path, args.out, tokenizer=not args.no_tokenizer)
-    print(f"wrote {args.out}: {', '.join(files)} (LlamaForCausalLM)")
 
 
 def cmd_plan(args) -> None:
