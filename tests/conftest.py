@@ -92,3 +92,22 @@ TINY_RUN = ["model.n_layer=2", "model.d_model=32", "model.n_head=2", "model.cont
 def tiny_cfg(*extra):
     from lmgolf.config import load_config
     return load_config("cpu-demo", TINY_RUN + list(extra))
+
+
+# a 3-step run through the Python API, and its artifact (module-scoped: each test module gets its own)
+TINY_API = {"model.n_layer": 1, "model.d_model": 32, "model.n_head": 2, "model.context": 32, "train.batch_tokens": 128,
+            "train.micro_batch": 4, "train.dtype": "fp32", "train.log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def api_run(byte_data, tmp_path_factory, one_thread):
+    from lmgolf import api
+    return api.train(tmp_path_factory.mktemp("api") / "run", preset="cpu-demo", data=byte_data, overrides=TINY_API,
+                     max_steps=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def api_artifact(api_run):
+    from lmgolf import api
+    api.pack(api_run)
+    return api_run.artifact

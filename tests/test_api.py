@@ -18,39 +18,24 @@ from lmgolf.eval.evaluate import evaluate, fit_temperature
 from lmgolf.eval.ttt import TTTConfig, evaluate_ttt
 from lmgolf.training.checkpoint import load_model
 
-TINY = {"model.n_layer": 1, "model.d_model": 32, "model.n_head": 2, "model.context": 32, "train.batch_tokens": 128,
-        "train.micro_batch": 4, "train.dtype": "fp32", "train.log_every": 1}
+
+def test_train_returns_a_run_whose_model_is_the_checkpoints(api_run, byte_data):
+    checkpoint, cfg = load_model(api_run.path)
+    assert api_run.summary["steps"] == 3 and api_run.summary == json.loads((api_run.path / "summary.json").read_text())
+    assert api_run.cfg.model == cfg.model and api_run.cfg.model.n_layer == 1 and api_run.cfg.train.max_steps == 3
+    assert api_run.data == str(byte_data) and api_run.checkpoint.is_dir()
+    assert all(torch.equal(a, b) for a, b in zip(api_run.model.state_dict().values(), checkpoint.state_dict().values()))
 
 
-@pytest.fixture(scope="module")
-def run(byte_data, tmp_path_factory, one_thread):
-    return api.train(tmp_path_factory.mktemp("api") / "run", preset="cpu-demo", data=byte_data, overrides=TINY,
-                     max_steps=3, progress=False)
-
-
-@pytest.fixture(scope="module")
-def artifact(run):
-    api.pack(run)
-    return run.artifact
-
-
-def test_train_returns_a_run_whose_model_is_the_checkpoints(run, byte_data):
-    checkpoint, cfg = load_model(run.path)
-    assert run.summary["steps"] == 3 and run.summary == json.loads((run.path / "summary.json").read_text())
-    assert run.cfg.model == cfg.model and run.cfg.model.n_layer == 1 and run.cfg.train.max_steps == 3
-    assert run.data == str(byte_data) and run.checkpoint.is_dir()
-    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), checkpoint.state_dict().values()))
-
-
-def test_load_gives_the_same_kind_of_object_for_a_run_folder_and_an_artifact(run, artifact, byte_data):
-    folder, packed = api.load(run.path, device="cpu"), api.load(artifact, device="cpu")
+def test_load_gives_the_same_kind_of_object_for_a_run_folder_and_an_artifact(api_run, api_artifact, byte_data):
+    folder, packed = api.load(api_run.path, device="cpu"), api.load(api_artifact, device="cpu")
     assert type(folder) is type(packed) is api.Loaded
     assert (folder.kind, packed.kind) == ("run", "artifact")
     assert folder.cfg.model == packed.cfg.model and folder.tokenizer.fingerprint == packed.tokenizer.fingerprint
     assert folder.data_path == packed.data_path == str(byte_data)
-    assert folder.info == run.summary and packed.info["artifact_bytes"] == artifact.stat().st_size
-    assert packed.artifact_bytes == artifact.stat().st_size and folder.artifact_bytes is None
-    assert api.load(artifact, "elsewhere").data_path == "elsewhere"
+    assert folder.info == api_run.summary and packed.info["artifact_bytes"] == api_artifact.stat().st_size
+    assert packed.artifact_bytes == api_artifact.stat().st_size and folder.artifact_bytes is None
+    assert api.load(api_artifact, "elsewhere").data_path == "elsewhere"
 
 
 def test_load_refuses_a_missing_path(tmp_path):
@@ -79,8 +64,8 @@ def _direct(loaded, data, mode, **kw):
     ("ttt", {"ttt": {"optimizer": "lora", "lora_rank": 2, "reset_docs": True}, "docs": True},
      {"optimizer": "lora", "lora_rank": 2, "reset_docs": True, "docs": True}),
 ])
-def test_every_mode_scores_as_lmgolf_eval_does(run, byte_data, mode, options, direct):
-    loaded = api.load(run.path, device="cpu")
+def test_every_mode_scores_as_lmgolf_eval_does(api_run, byte_data, mode, options, direct):
+    loaded = api.load(api_run.path, device="cpu")
     scored = api.score(loaded, mode=mode, max_tokens=300, progress=False, **options)
     expected = _direct(loaded, DataFolder(byte_data), mode, **direct)
     assert scored.mode == expected.mode == mode and scored.tokens == expected.tokens == 300
@@ -88,10 +73,10 @@ def test_every_mode_scores_as_lmgolf_eval_does(run, byte_data, mode, options, di
     assert scored.total_bpb is None and "total_bpb" not in scored.as_dict()
 
 
-def test_an_artifacts_score_counts_its_bytes_and_can_carry_baselines(artifact, byte_data):
-    scored = api.score(artifact, max_tokens=300, baselines=True, baseline_prefix_bytes=1000, device="cpu",
+def test_an_artifacts_score_counts_its_bytes_and_can_carry_baselines(api_artifact, byte_data):
+    scored = api.score(api_artifact, max_tokens=300, baselines=True, baseline_prefix_bytes=1000, device="cpu",
                        progress=False)
-    size = artifact.stat().st_size
+    size = api_artifact.stat().st_size
     assert scored.artifact_bytes == size
     assert scored.total_bpb == pytest.approx((size * 8 + scored.bpb * scored.bytes) / scored.bytes)
     assert scored.baselines == baseline_report(DataFolder(byte_data), 300, 1000)
@@ -113,56 +98,56 @@ def test_an_artifacts_score_counts_its_bytes_and_can_carry_baselines(artifact, b
     ({"mode": "beam"}, "score mode: 'beam' is not one of"),
     ({"dtype": "fp8"}, "score dtype: 'fp8' is not one of"),
 ])
-def test_bad_score_arguments_name_the_argument(run, options, fragment):
+def test_bad_score_arguments_name_the_argument(api_run, options, fragment):
     with pytest.raises(LmgolfError) as caught:
-        api.score(run.path, progress=False, **options)
+        api.score(api_run.path, progress=False, **options)
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_the_command_line_words_the_same_errors_with_its_flags(run, capsys):
-    assert main(["eval", str(run.path), "--docs", "--quiet"]) == 2
+def test_the_command_line_words_the_same_errors_with_its_flags(api_run, capsys):
+    assert main(["eval", str(api_run.path), "--docs", "--quiet"]) == 2
     assert "lmgolf: error: eval --docs: needs --mode ttt or temperature" in capsys.readouterr().err
-    assert main(["eval", str(run.path), "--mode", "ttt", "--lora-alpha", "2", "--quiet"]) == 2
+    assert main(["eval", str(api_run.path), "--mode", "ttt", "--lora-alpha", "2", "--quiet"]) == 2
     assert "lmgolf: error: eval --lora-alpha: needs --ttt-optimizer lora" in capsys.readouterr().err
 
 
-def test_score_needs_data_where_no_run_json_names_it(artifact, tmp_path):
+def test_score_needs_data_where_no_run_json_names_it(api_artifact, tmp_path):
     lone = tmp_path / "model.lmg"
-    shutil.copy(artifact, lone)
+    shutil.copy(api_artifact, lone)
     with pytest.raises(api.ArgumentError, match="score data: needed"):
         api.score(lone, progress=False)
 
 
-def test_pack_writes_an_artifact_that_loads(run, tmp_path):
-    report = api.pack(run.path, tmp_path / "m.lmg", policy="int6-emb8", codec="lzma", overrides={"byte_shuffle": True})
+def test_pack_writes_an_artifact_that_loads(api_run, tmp_path):
+    report = api.pack(api_run.path, tmp_path / "m.lmg", policy="int6-emb8", codec="lzma", overrides={"byte_shuffle": True})
     assert report.path == str(tmp_path / "m.lmg") and report.codec == "lzma" and report.fits()
     loaded = api.load(tmp_path / "m.lmg", device="cpu")
     assert loaded.kind == "artifact" and loaded.info["codec"] == "lzma" and loaded.info["policy"]["byte_shuffle"]
-    assert loaded.cfg.model == run.cfg.model and loaded.artifact_bytes == report.artifact_bytes
+    assert loaded.cfg.model == api_run.cfg.model and loaded.artifact_bytes == report.artifact_bytes
     again = api.pack(loaded, tmp_path / "again.lmg", policy="int8")  # a Loaded artifact re-packs
     assert again.artifact_bytes > 0 and (tmp_path / "again.lmg").is_file()
 
 
-def test_pack_refuses_bad_arguments_before_writing(run, artifact, tmp_path):
+def test_pack_refuses_bad_arguments_before_writing(api_run, api_artifact, tmp_path):
     with pytest.raises(api.ArgumentError, match="pack out: required"):
-        api.pack(artifact)
+        api.pack(api_artifact)
     with pytest.raises(api.ArgumentError, match="pack runner"):
-        api.pack(run, tmp_path / "m.lmg", runner="fancy")
+        api.pack(api_run, tmp_path / "m.lmg", runner="fancy")
     with pytest.raises(LmgolfError, match="not written"):
-        api.pack(run, tmp_path / "m.lmg", budget=1000)
+        api.pack(api_run, tmp_path / "m.lmg", budget=1000)
     assert not (tmp_path / "m.lmg").exists()
 
 
-def test_generate_is_deterministic_for_a_seed(artifact):
-    loaded = api.load(artifact, device="cpu")
+def test_generate_is_deterministic_for_a_seed(api_artifact):
+    loaded = api.load(api_artifact, device="cpu")
     first = api.generate(loaded, "The ", 24, seed=3)
-    assert first.startswith("The ") and first == api.generate(artifact, "The ", 24, seed=3, device="cpu")
+    assert first.startswith("The ") and first == api.generate(api_artifact, "The ", 24, seed=3, device="cpu")
     assert api.generate(loaded, "", 24, temperature=0) == api.generate(loaded, "", 24, temperature=0, seed=9)
 
 
-def test_train_resumes_with_a_raised_step_budget(run, tmp_path):
+def test_train_resumes_with_a_raised_step_budget(api_run, tmp_path):
     copy = tmp_path / "run"
-    shutil.copytree(run.path, copy)
+    shutil.copytree(api_run.path, copy)
     resumed = api.train(copy, resume=True, max_steps=5, progress=False)
     assert resumed.summary["steps"] == 5 and resumed.cfg.train.max_steps == 5
 

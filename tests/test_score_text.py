@@ -15,20 +15,6 @@ from lmgolf.eval.evaluate import evaluate
 
 from conftest import assert_one_line_error, cli, make_text
 
-TINY = {"model.n_layer": 1, "model.d_model": 32, "model.n_head": 2, "model.context": 32, "train.batch_tokens": 128,
-        "train.micro_batch": 4, "train.dtype": "fp32", "train.log_every": 1}
-
-
-@pytest.fixture(scope="module")
-def run(byte_data, tmp_path_factory, one_thread):
-    return api.train(tmp_path_factory.mktemp("text") / "run", preset="cpu-demo", data=byte_data, overrides=TINY,
-                     max_steps=3, progress=False)
-
-
-@pytest.fixture(scope="module")
-def artifact(run):
-    api.pack(run)
-    return run.artifact
 
 
 @pytest.fixture(scope="module")
@@ -43,49 +29,49 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("options", [{}, {"stride": 8}, {"mode": "docs"}, {"max_tokens": 500}])
-def test_the_val_documents_as_text_score_as_the_data_folders_val_split(run, val_documents, tmp_path, options):
+def test_the_val_documents_as_text_score_as_the_data_folders_val_split(api_run, val_documents, tmp_path, options):
     jsonl = tmp_path / "val.jsonl"
     jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in val_documents))
     folder = tmp_path / "val"
     folder.mkdir()
     for i, document in enumerate(val_documents):
         (folder / f"doc{i:03d}.txt").write_text(document)
-    expected = api.score(run, progress=False, **options)
+    expected = api.score(api_run, progress=False, **options)
     for text in (jsonl, folder):
-        got = api.score(run, text=text, progress=False, **options)
+        got = api.score(api_run, text=text, progress=False, **options)
         same(got, expected)
         assert got.text == str(text) and got.as_dict()["text"] == str(text)
 
 
-def test_a_text_file_is_one_document_whose_byte_counts_sum_to_its_size(run, tmp_path):
+def test_a_text_file_is_one_document_whose_byte_counts_sum_to_its_size(api_run, tmp_path):
     text = make_text(400, seed=99) + "naïve café ✓\n"
     path = tmp_path / "mine.md"  # any file name: read as UTF-8 text
     path.write_text(text)
-    got = api.score(run, text=path, progress=False)
+    got = api.score(api_run, text=path, progress=False)
     assert got.bytes == len(text.encode()) and got.total_bpb is None
-    tok = DataFolder(run.data).tokenizer()
+    tok = DataFolder(api_run.data).tokenizer()
     ids, nbytes = tok.encode_with_bytes(text)
     tokens, counts = np.concatenate([[tok.bos_id], ids]), np.concatenate([[0], nbytes])
-    direct = evaluate(run.model, tokens, counts, run.cfg.model.context, bos_id=tok.bos_id, progress=False)
+    direct = evaluate(api_run.model, tokens, counts, api_run.cfg.model.context, bos_id=tok.bos_id, progress=False)
     assert got.result.loss == pytest.approx(direct.loss, rel=1e-6) and got.bytes == direct.bytes
     assert f"text {path}: {len(text.encode()):,} bytes coded in" in got.format()
     gz = tmp_path / "mine.txt.gz"
     gz.write_bytes(gzip.compress(text.encode()))
-    same(api.score(run, text=gz, progress=False), got)
+    same(api.score(api_run, text=gz, progress=False), got)
 
 
-def test_an_artifact_reports_the_total_description_length_of_the_text(artifact, tmp_path, capsys):
+def test_an_artifact_reports_the_total_description_length_of_the_text(api_artifact, tmp_path, capsys):
     path = tmp_path / "mine.txt"
     path.write_text(make_text(300, seed=5))
-    got = api.score(artifact, text=path, progress=False)
+    got = api.score(api_artifact, text=path, progress=False)
     n = len(path.read_bytes())
-    assert got.total_bpb == pytest.approx((artifact.stat().st_size * 8 + got.bpb * n) / n)
-    code, out, err = cli(capsys, "eval", artifact, "--text", path, "--quiet", "--device", "cpu")
+    assert got.total_bpb == pytest.approx((api_artifact.stat().st_size * 8 + got.bpb * n) / n)
+    code, out, err = cli(capsys, "eval", api_artifact, "--text", path, "--quiet", "--device", "cpu")
     assert code == 0 and "x 8 +" in out and f"{n:,} text bytes" in out
     assert json.loads(out.splitlines()[-1])["total_bpb"] == pytest.approx(got.total_bpb)
 
 
-def test_bad_text_is_a_one_line_error_naming_the_file(run, tmp_path, capsys):
+def test_bad_text_is_a_one_line_error_naming_the_file(api_run, tmp_path, capsys):
     empty, binary, big, blank = tmp_path / "empty.txt", tmp_path / "photo.jpg", tmp_path / "big.txt", tmp_path / "blank"
     empty.write_text("")
     binary.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01")
@@ -93,16 +79,16 @@ def test_bad_text_is_a_one_line_error_naming_the_file(run, tmp_path, capsys):
     blank.mkdir()
     for path, fragment in [(tmp_path / "missing.txt", "no such file"), (empty, "no text"), (binary, "not valid UTF-8"),
                            (blank, "no .txt"), (big, "over the limit of 100")]:
-        code, out, err = cli(capsys, "eval", run.path, "--text", path, "--max-text-bytes", 100, "--quiet")
+        code, out, err = cli(capsys, "eval", api_run.path, "--text", path, "--max-text-bytes", 100, "--quiet")
         assert_one_line_error(code, err, str(path), fragment)
-    code, out, err = cli(capsys, "eval", run.path, "--text", big, "--baselines", "--quiet")
+    code, out, err = cli(capsys, "eval", api_run.path, "--text", big, "--baselines", "--quiet")
     assert_one_line_error(code, err, "eval --baselines")
-    code, out, err = cli(capsys, "eval", run.path, "--text", big, "--max-text-bytes", 0, "--quiet")
+    code, out, err = cli(capsys, "eval", api_run.path, "--text", big, "--max-text-bytes", 0, "--quiet")
     assert_one_line_error(code, err, "eval --max-text-bytes")
 
 
-def test_text_a_lossy_tokenizer_cannot_encode_is_refused(run, tmp_path):
-    loaded = api.load(run.path, device="cpu")
+def test_text_a_lossy_tokenizer_cannot_encode_is_refused(api_run, tmp_path):
+    loaded = api.load(api_run.path, device="cpu")
     chars = train_tokenizer("char", ["abc xyz\n"])
     lossy = api.Loaded(loaded.model, loaded.cfg, chars, None)
     ok, unseen = tmp_path / "ok.txt", tmp_path / "unseen.txt"
