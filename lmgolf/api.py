@@ -481,11 +481,24 @@ def generate(target, prompt: str = "", max_new_tokens: int = 200, *, temperature
 
 def export_hf(target, out: str | Path, *, tokenizer: bool = True, device: str = "cpu") -> list[str]:
     """Writes a Hugging Face folder (config.json, model.safetensors, tokenizer files) that transformers'
-    AutoModelForCausalLM and AutoTokenizer load with no custom code (LlamaForCausalLM); refuses, in one
-    line naming the config field, a model option with no equivalent there. Returns the files written."""
+    AutoModelForCausalLM and AutoTokenizer load with no custom code (LlamaForCausalLM for RoPE models,
+    GPT2LMHeadModel for learned positions); refuses, in one line naming the config field, a model option with
+    no equivalent there, and a tokenizer with no export unless tokenizer=False. Returns the files written."""
     from lmgolf.serve.export_hf import export_hf as export
     loaded = _as_loaded(target, None, device)
     return export(loaded.model, loaded.cfg.model, loaded.tokenizer, out, with_tokenizer=tokenizer,
+                  source=str(loaded.path or ""))
+
+
+def export_gguf(target, out: str | Path, *, dtype: str = "f32", tokenizer: bool = True,
+                device: str = "cpu") -> list[str]:
+    """Writes a GGUF file (llama.cpp's `llama` architecture; dtype f32 or f16) for models of the Llama mapping;
+    refuses other models in one line naming the config field. Returns notes (say, a tokenizer written as
+    `none` because it has no GGUF mapping); empty when there are none."""
+    from lmgolf.serve.export_gguf import DTYPES, export_gguf as export
+    _choice("export_gguf", "dtype", dtype, DTYPES)
+    loaded = _as_loaded(target, None, device)
+    return export(loaded.model, loaded.cfg.model, loaded.tokenizer, out, dtype=dtype, with_tokenizer=tokenizer,
                   source=str(loaded.path or ""))
 
 
