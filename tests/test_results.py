@@ -82,7 +82,7 @@ def two_runs(byte_data, tmp_path_factory):
 def test_store_round_trip_on_real_runs(two_runs, tmp_path):
     db = tmp_path / "r.sqlite"
     with Store(db) as store:
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
         for run in two_runs:
             store.add_run(run, study="s", arm="base")
         rows = store.runs("s")

@@ -11,7 +11,8 @@ from lmgolf.errors import LmgolfError
 from lmgolf.study.stats import GOLF_ALPHA, GOLF_MIN_DELTA, Welch, golf_rule, mean_std, welch
 
 TABLE_METRICS = ("val_loss", "val_bpb", "artifact_bytes", "params", "wall_time")
-COMPARABLE = ("val_loss", "val_bpb", "artifact_bytes", "params", "train_flops", "tokens", "wall_time", "steps")
+COMPARABLE = ("val_loss", "val_bpb", "artifact_bytes", "params", "train_flops", "tokens", "wall_time", "steps",
+              "artifact_val_loss", "artifact_val_bpb")
 NO_ARM = "(none)"
 
 
@@ -25,6 +26,7 @@ class ArmResult:
     golf: bool | None = None
     p_margin: float | None = None  # one-sided p of "the improvement is at most min_delta" (the strict reading)
     golf_strict: bool | None = None
+    failed: int = 0  # the arm's failed runs (status 'failed'), left out of n and of every statistic
 
 
 @dataclass
@@ -92,6 +94,10 @@ class StudyResults:
                               f"{a.test.p_two_sided:.3g}", "**yes**" if a.golf else "no", f"{a.p_margin:.3g}"]
             lines.append("| " + " | ".join(cells) + " |")
         head = f"study {self.study}: {sum(a.n for a in self.arms)} runs, {len(self.arms)} arms"
+        failed = [a for a in self.arms if a.failed]
+        if failed:
+            head += (f" ({sum(a.failed for a in failed)} failed runs left out: "
+                     + ", ".join(f"{a.arm} {a.failed}" for a in failed) + ")")
         if self.baseline is not None:
             head += (f"; Δ = baseline mean - arm mean of {self.metric} (positive: the arm is better), "
                      f"Welch's t-test, one-sided p for \"the arm is lower\"")
@@ -106,8 +112,14 @@ def study_results(rows: list[dict], study: str, baseline: str | None = None, met
     if not rows:
         raise LmgolfError(f"results: no runs in study {study!r} (add some with `lmgolf results add RUN --study {study}`)")
     groups: dict[str, list[dict]] = {}
+    failed: dict[str, int] = {}
     for row in rows:
-        groups.setdefault(row.get("arm") or NO_ARM, []).append(row)
+        arm = row.get("arm") or NO_ARM
+        if row.get("status") == "failed":
+            failed[arm] = failed.get(arm, 0) + 1
+            groups.setdefault(arm, [])
+        else:
+            groups.setdefault(arm, []).append(row)
     if baseline is not None and baseline not in groups:
         raise LmgolfError(f"results: no arm {baseline!r} in study {study!r} (arms: {', '.join(sorted(groups))})")
 
@@ -118,7 +130,7 @@ def study_results(rows: list[dict], study: str, baseline: str | None = None, met
     arms = []
     for name in order:
         group = groups[name]
-        arm = ArmResult(arm=name, n=len(group))
+        arm = ArmResult(arm=name, n=len(group), failed=failed.get(name, 0))
         for m in set(TABLE_METRICS) | {metric}:
             vals = values(group, m)
             if vals:

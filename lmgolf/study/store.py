@@ -26,8 +26,9 @@ BUSY_TIMEOUT_S = 60.0
 # every column of a row after the key, in order (docs/results.md describes each)
 COLUMNS = ("study", "arm", "seed", "config_hash", "overrides", "code_version", "git_commit", "machine",
            "data_fingerprint", "val_loss", "val_bpb", "artifact_bytes", "params", "train_flops", "tokens",
-           "wall_time", "steps", "added_at")
-METRICS = ("val_loss", "val_bpb", "artifact_bytes", "params", "train_flops", "tokens", "wall_time", "steps")
+           "wall_time", "steps", "added_at", "status", "error", "artifact_val_loss", "artifact_val_bpb")
+METRICS = ("val_loss", "val_bpb", "artifact_bytes", "params", "train_flops", "tokens", "wall_time", "steps",
+           "artifact_val_loss", "artifact_val_bpb")
 
 _V1 = """
 CREATE TABLE runs (
@@ -55,7 +56,16 @@ CREATE TABLE runs (
 CREATE INDEX runs_study_arm ON runs (study, arm);
 """
 
-MIGRATIONS = {1: _V1}  # version -> the SQL that brings version - 1 to it
+# version 2: a study's failed runs (status 'failed' and their error; rows of earlier versions read as 'ok'),
+# and the packed artifact's own score on the val split
+_V2 = """
+ALTER TABLE runs ADD COLUMN status TEXT NOT NULL DEFAULT 'ok';   -- ok | failed
+ALTER TABLE runs ADD COLUMN error TEXT;                          -- a failed run's one-line error
+ALTER TABLE runs ADD COLUMN artifact_val_loss REAL;              -- RUN/model.lmg scored on the val split
+ALTER TABLE runs ADD COLUMN artifact_val_bpb REAL;
+"""
+
+MIGRATIONS = {1: _V1, 2: _V2}  # version -> the SQL that brings version - 1 to it
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -190,6 +200,7 @@ class Store:
             raise LmgolfError(f"results: unknown column(s) {', '.join(sorted(unknown))}")
         values = {c: fields.get(c) for c in COLUMNS}
         values["added_at"] = values["added_at"] or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        values["status"] = values["status"] or "ok"
         for key in ("overrides", "code_version", "machine"):
             if values[key] is not None and not isinstance(values[key], str):
                 values[key] = canonical_json(values[key])
