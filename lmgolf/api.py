@@ -119,19 +119,12 @@ def load(path: str | Path, data: str | Path | None = None, *, device: str = "aut
     with its config, tokenizer and data folder (`data`, else the one in run.json beside it, else None)."""
     from lmgolf.device import pick_device
     device = pick_device(_choice("load", "device", device, DEVICES))
+    from lmgolf.training.loading import load_trained
     p = Path(path)
-    if p.is_file():
-        from lmgolf.packing.artifact import load_artifact
-        model, cfg, tokenizer, info = load_artifact(p, device=device)
-        kind, run_dir = "artifact", p.parent
-    elif p.is_dir():
-        from lmgolf.data.tokenizers import load_tokenizer
-        from lmgolf.training.checkpoint import load_model
-        model, cfg = load_model(p, device=device)
-        tokenizer, info = load_tokenizer(p / "tokenizer"), _read_json(p / "summary.json")
-        kind, run_dir = "run", p
-    else:
-        raise LmgolfError(f"{path}: no such run folder or artifact")
+    trained = load_trained(p, device=device)
+    model, cfg, tokenizer = trained.model, trained.cfg, trained.tokenizer
+    kind, run_dir = trained.kind, p.parent if trained.kind == "artifact" else p
+    info = trained.info if kind == "artifact" else _read_json(p / "summary.json")
     return Loaded(model, cfg, tokenizer, str(data) if data is not None else recorded_data(run_dir), info, p, kind)
 
 

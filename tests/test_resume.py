@@ -134,6 +134,8 @@ def test_bookkeeping_fields_change_without_changing_the_run(byte_data, tmp_path)
     ("matrix_lr=0.01", "train.matrix_lr", 0.03, 0.01),               # the optimizer's hyperparameters
     ("train.warmdown=0.5", "train.warmdown", 0.4, 0.5),              # the schedule
     ("train.qat=true", "train.qat", "false", "true"),
+    ("train.curriculum=length", "train.curriculum", '"none"', '"length"'),  # the data order
+    ("model.dropout=0.1", "model.dropout", "0.0", "0.1"),             # the model's function
 ])
 def test_a_field_the_state_depends_on_is_refused_and_nothing_is_written(byte_data, finished, tmp_path,
                                                                          override, field, old, new):

@@ -108,6 +108,9 @@ def check_model(cfg) -> None:
         raise LmgolfError("config field model.nope_every: must be >= 0")
     if cfg.q_gain is not None and not cfg.qk_norm:
         raise LmgolfError("config fields model.q_gain and model.qk_norm: the query gain needs qk_norm=true")
+    for name in ("dropout", "attn_dropout", "resid_dropout", "embed_dropout"):
+        if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
+            raise LmgolfError(f"config field model.{name}: a dropout rate must lie in [0, 1), got {getattr(cfg, name)}")
 
 
 def check_train(cfg) -> None:
@@ -167,6 +170,45 @@ def check_train(cfg) -> None:
     if (cfg.export_weights == "ema" and not cfg.ema_decay) or (cfg.export_weights == "swa" and not cfg.swa_every):
         raise LmgolfError(f"config field train.export_weights: {cfg.export_weights!r} needs "
                           f"{'train.ema_decay > 0' if cfg.export_weights == 'ema' else 'train.swa_every > 0'}")
+    if cfg.teacher is not None and not cfg.teacher.strip():
+        raise LmgolfError("config field train.teacher: an empty path (null for no teacher)")
+    if not 0 <= cfg.distill_alpha <= 1:
+        raise LmgolfError(f"config field train.distill_alpha: must lie in [0, 1], got {cfg.distill_alpha}")
+    if not cfg.distill_temperature > 0:
+        raise LmgolfError(f"config field train.distill_temperature: must be > 0, got {cfg.distill_temperature}")
+    if cfg.curriculum not in ("none", "length", "loss"):
+        raise LmgolfError(f"config field train.curriculum: {cfg.curriculum!r} is not one of none, length, loss")
+    if (cfg.curriculum == "loss") != bool(cfg.curriculum_model):
+        raise LmgolfError("config fields train.curriculum and train.curriculum_model: curriculum=loss needs a reference "
+                          "model (a run folder or artifact), and only it takes one")
+    if not 0 < cfg.curriculum_start_quantile <= 1:
+        raise LmgolfError(f"config field train.curriculum_start_quantile: must lie in (0, 1], got {cfg.curriculum_start_quantile}")
+    if not 0 <= cfg.curriculum_end <= 1:
+        raise LmgolfError(f"config field train.curriculum_end: must lie in [0, 1], got {cfg.curriculum_end}")
+    if any(length < 1 for _, length in parse_phases(cfg.context_schedule, "train.context_schedule", int)):
+        raise LmgolfError(f"config field train.context_schedule: {cfg.context_schedule!r}: every length must be >= 1")
+    if any(not 0 < share <= 1 for _, share in parse_phases(cfg.batch_schedule, "train.batch_schedule")):
+        raise LmgolfError(f"config field train.batch_schedule: {cfg.batch_schedule!r}: every value is a fraction of "
+                          "train.batch_tokens in (0, 1]")
+
+
+def parse_phases(text: str, field_name: str, kind=float) -> list[tuple[float, float]]:
+    """A schedule "V@F,V@F,..." as [(F, V)] by budget fraction F: the first at 0, increasing, each in [0, 1);
+    V holds from its F to the next. "" is []. Errors name `field_name` (e.g. train.context_schedule)."""
+    phases = []
+    for part in (p.strip() for p in text.split(",")) if text.strip() else ():
+        value, at, start = part.partition("@")
+        try:
+            phase = (float(start), kind(value))
+        except ValueError:
+            raise LmgolfError(f"config field {field_name}: {part!r} is not VALUE@FRACTION (as in \"256@0,512@0.3\")") from None
+        if not at or not math.isfinite(phase[0]) or not math.isfinite(phase[1]):
+            raise LmgolfError(f"config field {field_name}: {part!r} is not VALUE@FRACTION with finite numbers")
+        phases.append(phase)
+    fractions = [f for f, _ in phases]
+    if phases and (fractions[0] != 0 or any(b <= a for a, b in zip(fractions, fractions[1:])) or fractions[-1] >= 1):
+        raise LmgolfError(f"config field {field_name}: {text!r}: the fractions must start at 0, increase and stay below 1")
+    return phases
 
 
 def check_pack(cfg) -> None:

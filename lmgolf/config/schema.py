@@ -81,12 +81,22 @@ class ModelConfig:
     zero_init_proj: bool = False        # zero-init the attention and MLP output projections
     init_std: float = 0.02
     embed_init_std: float = 0.02
+    dropout: float = 0.0                # nanoGPT's dropout: embedding output, attention probabilities and the attention and
+                                        # MLP residual branch outputs, in training only; 0: off
+    attn_dropout: float | None = None   # ... the attention probabilities' own rate (None: dropout)
+    resid_dropout: float | None = None  # ... the residual branch outputs' own rate (None: dropout)
+    embed_dropout: float | None = None  # ... the embedding output's own rate (None: dropout)
 
     def __post_init__(self):
         # a one-element list such as `model.ssm_layers=1` arrives as an int from a key=value override
         for name in ("ssm_layers", "depth_pattern", "exit_layers"):
             if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
                 setattr(self, name, str(getattr(self, name)))
+
+    def dropout_rate(self, part: str) -> float:
+        """The dropout rate of `part` (attn, resid or embed): its own field, else `dropout`."""
+        rate = getattr(self, f"{part}_dropout")
+        return self.dropout if rate is None else rate
 
     @property
     def kv_heads(self) -> int:
@@ -171,6 +181,7 @@ class TrainConfig:
     eval_tokens: int = 65536            # validation prefix for periodic passes (the final pass uses all)
     checkpoint_every: int = 0           # steps between checkpoints; 0: only at the end
     log_every: int = 10
+    tensorboard: bool = False           # also write the metrics log's scalars to RUN/tensorboard/ (needs tensorboard)
     qat: bool = False                   # fake-quantize weights with the pack policy's quantizer (lmgolf.training.qat)
     qat_start: float = 0.0              # ... from this fraction of the budget on
     qat_lr_scale: float = 0.0           # ... or once the warmdown has brought the LR multiplier to this (0: unused)
@@ -179,6 +190,18 @@ class TrainConfig:
     swa_every: int = 0                  # SWA: a uniform mean of the weights every this many steps; 0: off
     swa_start: float | None = None      # ... from this fraction of the budget on (None: the warmdown's start)
     export_weights: str = "raw"         # raw | ema | swa: what the final checkpoint's model (and so the artifact) holds
+    teacher: str | None = None          # distillation (lmgolf.training.distill): an lmgolf run folder or .lmg artifact, or a
+                                        # local Hugging Face causal-LM folder, with the student's tokenizer; None: off
+    distill_alpha: float = 0.5          # ... loss = a T^2 KL(teacher_T || student_T) + (1 - a) cross-entropy
+    distill_temperature: float = 2.0    # ... T, the softmax temperature of both
+    curriculum: str = "none"            # none | length | loss: windows from the easiest documents first (lmgolf.data.curriculum)
+    curriculum_model: str | None = None # loss: the reference model (a run folder or artifact) whose per-document loss scores
+    curriculum_start_quantile: float = 0.2  # at the start windows come from this easiest share of the documents ...
+    curriculum_end: float = 0.5         # ... growing linearly to all of them (uniform sampling) at this budget fraction
+    context_schedule: str = ""          # sequence length by budget fraction, e.g. "256@0,512@0.3,1024@0.6" (the longest:
+                                        # model.context); tokens per step stay batch_tokens; "": model.context throughout
+    batch_schedule: str = ""            # tokens per step as fractions of batch_tokens by budget fraction (batch-size warmup),
+                                        # e.g. "0.25@0,0.5@0.1,1@0.2"; "": batch_tokens throughout
 
     def validate(self) -> None:
         check_train(self)

@@ -23,6 +23,8 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.bias)
         self.v = nn.Linear(cfg.d_model, self.n_kv * self.hd, bias=cfg.bias)
         self.proj = nn.Linear(self.n_head * self.hd, cfg.d_model, bias=cfg.bias)
+        self.attn_dropout = cfg.dropout_rate("attn")  # on the attention probabilities, in training only
+        self.resid_dropout = nn.Dropout(cfg.dropout_rate("resid")) if cfg.dropout_rate("resid") else nn.Identity()
         self.q_gain = nn.Parameter(torch.full((self.n_head,), cfg.q_gain)) if cfg.q_gain is not None else None
         nope_layer = cfg.nope_every and (layer + 1) % cfg.nope_every == 0
         use_rope = cfg.positions == "rope" and not nope_layer
@@ -63,7 +65,7 @@ class Attention(nn.Module):
         y = self.core(q, k, v, ctx.mask)
         for transform in self.output_transforms:
             y = transform(y, x, v)
-        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)))
 
     def with_cached(self, k: torch.Tensor, v: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of every token so far: the cached ones, then these (kept for the next call)."""
@@ -105,9 +107,10 @@ class Attention(nn.Module):
     # the core
     def sdpa(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v over the allowed keys (plain causal when mask is None)."""
+        p = self.attn_dropout if self.training else 0.0
         if mask is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
     def softcapped(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """Soft-capped scores (Gemma 2): softmax(c tanh(q k^T / (c sqrt(d)))) v, without the fused kernel."""
@@ -115,7 +118,10 @@ class Attention(nn.Module):
         scores = self.softcap * torch.tanh(scores / self.softcap)
         if mask is None:
             mask = attention_mask(q.size(2), k.size(2) - q.size(2), q.device)
-        return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        if self.attn_dropout and self.training:
+            probs = F.dropout(probs, self.attn_dropout)
+        return probs.to(v.dtype) @ v
 
     def differential(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """(softmax(q1 k1^T) - lambda softmax(q2 k2^T)) v, per-head RMS-normalized, times (1 - lambda_init)."""

@@ -122,6 +122,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed_rank or cfg.d_model)
         self.emb_proj = nn.Linear(cfg.embed_rank, cfg.d_model, bias=False) if cfg.embed_rank else None
         self.pos_emb = LearnedPositions(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout_rate("embed")) if cfg.dropout_rate("embed") else None
         self.bigram = BigramHash(cfg.bigram_buckets, cfg.bigram_dim, cfg.d_model, cfg.bos_id) if cfg.bigram_buckets else None
         self.smear = SmearGate(cfg.d_model, cfg.bos_id) if cfg.smear_gate else None
         self.blocks = nn.ModuleList(make_block(cfg, i) for i in range(cfg.n_layer if transformer else 0))
@@ -140,7 +141,8 @@ class GPT(nn.Module):
         # the stages, as lists of what each option adds (plain lists: the modules are registered above)
         self.embedding_features = [f for f, on in (
             (self.project_embedding, cfg.embed_rank), (self.bigram, cfg.bigram_buckets), (self.smear, cfg.smear_gate),
-            (self.pos_emb, self.pos_emb is not None), (normalize_embedding, cfg.embed_norm)) if on]
+            (self.pos_emb, self.pos_emb is not None), (normalize_embedding, cfg.embed_norm),
+            (self.drop_embedding, self.drop is not None)) if on]
         self.steps = [self.blocks[b] for b in self.order] if transformer else [self.window_net]
         self.steps_once = list(self.blocks) if transformer else self.steps  # before depth recurrence switches on
         self.taps = [t for t, on in ((self.take_exit, self.exit_depths), (self.unet_skip, cfg.unet_skips)) if on]
@@ -190,6 +192,10 @@ class GPT(nn.Module):
             x = feature(x, ctx)
         ctx.x0 = x
         return x
+
+    def drop_embedding(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Dropout on the embedding output (`dropout`, `embed_dropout`), in training only."""
+        return self.drop(x)
 
     def project_embedding(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Factorized embedding (`embed_rank`): the V x r table's rows projected to d_model."""

@@ -16,6 +16,7 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.hidden, bias=cfg.bias)
         self.gate = nn.Linear(cfg.d_model, cfg.hidden, bias=cfg.bias) if cfg.mlp == "swiglu" else None
         self.proj = nn.Linear(cfg.hidden, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout_rate("resid")) if cfg.dropout_rate("resid") else nn.Identity()
 
     def forward(self, x: torch.Tensor, ctx=None) -> torch.Tensor:
         if self.kind == "swiglu":
@@ -26,7 +27,7 @@ class MLP(nn.Module):
             h = F.leaky_relu(self.up(x), self.slope).square()
         else:
             h = F.gelu(self.up(x))
-        return self.proj(h)
+        return self.dropout(self.proj(h))
 
 
 class MoE(nn.Module):

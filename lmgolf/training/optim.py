@@ -5,6 +5,7 @@ maps; Adam for the lookup tables, an untied head, and every gain, scale, bias an
 role comes from lmgolf.params.
 `adamw`: AdamW for everything, with weight decay on matrices only (nanoGPT's split).
 Muon's weight decay is decoupled (AdamW-style): the weights shrink by lr * weight_decay, apart from the gradient.
+Under torchrun Muon is parallel: each rank orthogonalizes its share of the matrices, then all-gathers (Muon.step).
 The schedule: lr_multiplier (linear or cosine decay), warmdown_fraction (train.warmdown_steps), muon_momentum.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from lmgolf.config import TrainConfig
@@ -34,6 +36,15 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bf
 
 
 class Muon(torch.optim.Optimizer):
+    """Momentum, then Newton-Schulz orthogonalization of the update, scaled by sqrt(max(1, rows / cols)).
+
+    Parallel Muon: under torch.distributed with more than one process (torchrun), each rank
+    orthogonalizes its share of the matrices (shares balanced by size, the same on every rank) and the
+    results are all-gathered, so every rank applies the identical update the one-process optimizer would,
+    for about 1/world_size of the Newton-Schulz cost. Automatic; there is no config field. The momentum
+    buffers are updated on every rank (cheap), so every rank's state, and its checkpoint, stays the same.
+    """
+
     def __init__(self, params, lr: float, momentum: float = 0.95, weight_decay: float = 0.0,
                  nesterov: bool = True, ns_steps: int = 5, ns_dtype: torch.dtype = torch.bfloat16):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, ns_steps=ns_steps))
@@ -41,6 +52,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self):
+        work = []  # (group, parameter) of every parameter with a gradient, in a fixed order
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -48,14 +60,50 @@ class Muon(torch.optim.Optimizer):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(p.grad)
-                update = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_steps"], self.ns_dtype)
-                update *= max(1.0, p.size(0) / p.size(1)) ** 0.5
-                if group["weight_decay"]:  # decoupled (AdamW-style): on the weights, scaled by lr, not via the gradient
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
+                state["momentum_buffer"].mul_(group["momentum"]).add_(p.grad)
+                work.append((group, p))
+        for (group, p), update in zip(work, self._orthogonalized(work)):
+            update *= max(1.0, p.size(0) / p.size(1)) ** 0.5
+            if group["weight_decay"]:  # decoupled (AdamW-style): on the weights, scaled by lr, not via the gradient
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(update, alpha=-group["lr"])
+
+    def _update(self, group: dict, p: torch.Tensor) -> torch.Tensor:
+        """The orthogonalized momentum update of p (Nesterov: the gradient plus momentum x the buffer)."""
+        buf = self.state[p]["momentum_buffer"]
+        update = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+        return newton_schulz(update, group["ns_steps"], self.ns_dtype)
+
+    def _orthogonalized(self, work: list):
+        """Every parameter's update: one at a time on one process; else each rank computes its share and
+        the shares are all-gathered (one collective, each rank's share flattened and padded to the largest)."""
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world == 1 or not work:
+            return (self._update(group, p) for group, p in work)
+        owner = assign_shares([p.numel() for _, p in work], world)
+        rank = dist.get_rank()
+        sizes = [sum(p.numel() for (_, p), r in zip(work, owner) if r == k) for k in range(world)]
+        ref = work[0][1]
+        flat = torch.zeros(max(sizes), dtype=ref.dtype, device=ref.device)
+        mine = [self._update(group, p).reshape(-1) for (group, p), r in zip(work, owner) if r == rank]
+        if mine:
+            flat[:sizes[rank]] = torch.cat(mine)
+        gathered = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        offsets, updates = [0] * world, []
+        for (_, p), r in zip(work, owner):
+            updates.append(gathered[r][offsets[r]:offsets[r] + p.numel()].view_as(p))
+            offsets[r] += p.numel()
+        return updates
+
+
+def assign_shares(sizes: list[int], world: int) -> list[int]:
+    """The rank that orthogonalizes each matrix: largest first, each to the least-loaded rank (ties: the lowest)."""
+    load, owner = [0] * world, [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        owner[i] = min(range(world), key=lambda r: (load[r], r))
+        load[owner[i]] += sizes[i]
+    return owner
 
 
 def build_optimizers(model: nn.Module, cfg: TrainConfig, ns_dtype: torch.dtype = torch.bfloat16) -> list[torch.optim.Optimizer]:

@@ -2,7 +2,7 @@
 
 A resume may change only what leaves the saved state meaningful (docs/training.md, "Resuming"):
   the budget            train.max_steps, train.time_budget (the schedule follows the new budget)
-  bookkeeping           train.log_every, eval_every, eval_tokens, checkpoint_every; model.exit_threshold
+  bookkeeping           train.log_every, eval_every, eval_tokens, checkpoint_every, tensorboard; model.exit_threshold
   how steps execute     train.device, dtype, compile, micro_batch (batch_tokens fixes the step's data)
   the packing policy    pack.*, unless train.qat is on (QAT trains against the policy's quantizer)
   what is exported      train.export_weights (it only selects what the final checkpoint's model holds)
@@ -25,7 +25,7 @@ from lmgolf.training.checkpoint import read_state
 
 BUDGET = {"train.max_steps", "train.time_budget"}
 BOOKKEEPING = {"train.log_every", "train.eval_every", "train.eval_tokens", "train.checkpoint_every",
-               "model.exit_threshold"}
+               "train.tensorboard", "model.exit_threshold"}
 EXECUTION = {"train.device", "train.dtype", "train.compile", "train.micro_batch"}
 EXPORT = {"train.export_weights"}
 CHANGEABLE = BUDGET | BOOKKEEPING | EXECUTION | EXPORT
@@ -35,6 +35,11 @@ REASONS = (
     ("model.", "the saved weights belong to the model it defines"),
     ("train.seed", "it fixes the data order"),
     ("train.batch_tokens", "it fixes the data each step reads"),
+    ("train.batch_schedule", "it fixes the data each step reads"),
+    ("train.context_schedule", "it fixes the data each step reads"),
+    ("train.curriculum", "it fixes the data order"),
+    ("train.teacher", "it defines the loss the run trains with"),
+    ("train.distill_", "it defines the loss the run trains with"),
     ("train.warmup", "it shapes the schedule the run follows"),
     ("train.warmdown", "it shapes the schedule the run follows"),
     ("train.min_lr_frac", "it shapes the schedule the run follows"),

@@ -14,7 +14,6 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,38 +32,18 @@ from lmgolf.eval.evaluate import evaluate
 from lmgolf.data.loader import WindowSampler
 from lmgolf.model.gpt import GPT
 from lmgolf.training.averaging import WeightAverages
+from lmgolf.training.distill import distill_loss, load_teacher
 from lmgolf.training.memory import check_training_memory
 from lmgolf.training.optim import (build_optimizers, lr_multiplier, muon_momentum, set_lr, set_momentum,
                                    warmdown_fraction)
 from lmgolf.progress import MetricsLog, progress_bar
 from lmgolf.training.qat import QAT, qat_due
+from lmgolf.training.schedules import StepSchedule
+from lmgolf.training.doc_scores import curriculum_order
+from lmgolf.training.tensorboard import metrics_log
 from lmgolf.training.resume import finished_at, check_resume
 from lmgolf.runfiles import atomic_write_text
 from lmgolf.runinfo import run_record
-
-
-@dataclass
-class BatchPlan:
-    micro_batch: int    # sequences per forward pass on one process
-    accum_steps: int    # forward passes per optimizer step on one process
-    world_size: int
-
-    @property
-    def sequences(self) -> int:
-        return self.micro_batch * self.accum_steps * self.world_size
-
-
-def plan_batch(cfg: Config, world_size: int) -> BatchPlan:
-    t = cfg.train
-    sequences = t.batch_tokens // cfg.model.context
-    if sequences < world_size or t.batch_tokens % cfg.model.context:
-        raise LmgolfError(f"config field train.batch_tokens: {t.batch_tokens} must be a multiple of model.context "
-                          f"({cfg.model.context}) with at least one sequence per process ({world_size})")
-    micro = min(t.micro_batch, sequences // world_size)
-    if sequences % (micro * world_size):
-        raise LmgolfError(f"config fields train.batch_tokens and train.micro_batch: {sequences} sequences per step "
-                          f"do not split into micro-batches of {micro} on {world_size} process(es)")
-    return BatchPlan(micro, sequences // (micro * world_size), world_size)
 
 
 def budget_progress(cfg: Config, step: int, elapsed: float) -> float:
@@ -93,25 +72,33 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     out_dir = Path(out_dir)
     check_out_folder(out_dir, resume)  # a fresh run only into an empty folder or a run's without checkpoint
     changes = check_resume(out_dir, cfg, data) if resume else {}  # refuses before anything is written
-    plan = plan_batch(cfg, ddp.world_size)
+    schedule = StepSchedule(cfg, ddp.world_size)  # the batch plan of every length and batch phase, checked up front
     check_training_memory(cfg.model, device)  # a model that cannot fit is refused before it is built
+    started = _now(device) if cfg.train.curriculum != "none" else 0.0
+    order = curriculum_order(cfg, data, device, dtype, ddp.rank, ddp.world_size)  # None: uniform sampling throughout
+    scoring_seconds = _now(device) - started if order is not None else 0.0
+    teacher = (load_teacher(cfg.train.teacher, data.tokenizer(), cfg.model.context, device, dtype)  # before the seed:
+               if cfg.train.teacher else None)  # loading it leaves the student's initialization as it is
 
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
     optimizers = build_optimizers(model, cfg.train, ns_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
     averages = WeightAverages(model, cfg.train)  # EMA and SWA, fp32 on the device; the same on every rank
-    step, elapsed, qat_step = 0, 0.0, None  # qat_step: optimizer steps taken before QAT switched on
+    step, elapsed, qat_step, tokens = 0, 0.0, None, 0  # qat_step: optimizer steps taken before QAT switched on
     if resume:
         state = restore_training(out_dir, model, optimizers, averages=averages)
         step, elapsed = state["step"], state["elapsed"]
         qat_step = state.get("extra", {}).get("qat_step")
+        tokens = state.get("extra", {}).get("tokens", step * schedule.plan_at(0.0).tokens)  # older checkpoints: none
+        if type(tokens) is not int or tokens < 0:
+            raise LmgolfError(f"{out_dir / CHECKPOINT_DIR / 'state.json'}: field extra.tokens is not a token count")
         if qat_step is not None and not qat_due(budget_progress(cfg, step, elapsed), cfg.train):
             qat_step = None  # a raised budget moved QAT's start later: it switches on again there
         if ddp.is_main and changes:
             cfg.save(out_dir / "config.json")
     elif ddp.is_main:
         _write_run_folder(out_dir, cfg, data, ddp, device, dtype)
-    log = MetricsLog(out_dir / "metrics.jsonl" if ddp.is_main else None)
+    log = metrics_log(out_dir, ddp.is_main, cfg.train.tensorboard, step if resume else None)  # RUN/metrics.jsonl
     if resume:
         # each step once: drop what was logged after the checkpoint (a finished run keeps its final validation)
         log.rewind(None if finished_at(out_dir) == step else state["extra"].get("metrics_bytes"), step)
@@ -122,7 +109,9 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else net
     if want_compile(cfg.train.compile, device):
         net = torch.compile(net)
-    sampler = WindowSampler(data.train_tokens(), cfg.model.context, cfg.train.seed, ddp.rank, ddp.world_size)
+    if not resume:  # scoring the documents counts against the budget (once: a resume scores them again,
+        elapsed += scoring_seconds  # its checkpoint's elapsed already holds that time)
+    sampler = WindowSampler(data.train_tokens(), cfg.model.context, cfg.train.seed, ddp.rank, ddp.world_size, order)
 
     last_usage = {}  # the last micro-batch's MoE expert usage, for the log
 
@@ -130,26 +119,32 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         with autocast(device, dtype):
             out = net(x, aux=True)
         last_usage["experts"] = out.expert_usage
-        return F.cross_entropy(out.logits.view(-1, out.logits.size(-1)), y.view(-1)) + model.extra_loss(out, y)
+        if teacher is not None:  # the teacher's forward is inside the step: on the clock
+            main = distill_loss(out.logits, teacher.logits(x), y, cfg.train.distill_alpha, cfg.train.distill_temperature)
+        else:
+            main = F.cross_entropy(out.logits.view(-1, out.logits.size(-1)), y.view(-1))
+        return main + model.extra_loss(out, y)
 
     if want_compile(cfg.train.compile, device):  # compile outside the clock: a forward and backward per state
-        x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps)
         now = _agreed_progress(budget_progress(cfg, step, elapsed), ddp, device)
         qat_now, recur_now = qat_due(now, cfg.train), now >= cfg.model.recur_start
-        for recur in ([recur_now] if recur_now else [False, True]):  # depth recurrence switches on later
-            for on in ([qat_now, True] if qat is not None and not qat_now else [qat_now]):
-                model.recurrence_on = recur
-                if qat is not None:
-                    qat.enabled = on
-                loss_of(x.to(device), y.to(device)).backward()
+        for plan in schedule.plans_from(now):  # and per batch shape the length and batch schedules have ahead
+            x, y = sampler.batch(step, 0, plan.micro_batch, plan.accum_steps, plan.seq_len)
+            for recur in ([recur_now] if recur_now else [False, True]):  # depth recurrence switches on later
+                for on in ([qat_now, True] if qat is not None and not qat_now else [qat_now]):
+                    model.recurrence_on = recur
+                    if qat is not None:
+                        qat.enabled = on
+                    loss_of(x.to(device), y.to(device)).backward()
         model.zero_grad(set_to_none=True)
 
     flops_per_token = count_module(model).train_flops_per_token
-    tokens_per_step = plan.sequences * cfg.model.context
+    plan = schedule.plan_at(budget_progress(cfg, step, elapsed))
     if ddp.is_main:
         print(f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({str(dtype).removeprefix('torch.')}), "
-              f"{ddp.world_size} process(es), {tokens_per_step:,} tokens/step = {plan.micro_batch} x {plan.accum_steps} accum "
-              f"x {ddp.world_size} x {cfg.model.context}", flush=True)
+              f"{ddp.world_size} process(es), {plan.tokens:,} tokens/step = {plan.micro_batch} x {plan.accum_steps} accum "
+              f"x {ddp.world_size} x {plan.seq_len}" + (" (now; train.context_schedule, batch_schedule)" if schedule.varies
+                                                        else ""), flush=True)
     bar = progress_bar(total=100, desc="train", unit="%", disable=not (progress and ddp.is_main))
     while True:
         fraction, warmdown = _agreed(budget_progress(cfg, step, elapsed), warmdown_fraction(cfg.train, step, elapsed),
@@ -157,6 +152,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if fraction >= 1:
             break
         lr_mult = lr_multiplier(fraction, cfg.train, warmdown)
+        plan = schedule.plan_at(fraction)  # the agreed fraction: every process takes the same phase
         set_lr(optimizers, lr_mult)
         if cfg.train.momentum_warmup_steps:
             set_momentum(optimizers, muon_momentum(step, cfg.train))
@@ -171,7 +167,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         started = _now(device)
         loss_sum = torch.zeros((), device=device)
         for micro in range(plan.accum_steps):
-            x, y = sampler.batch(step, micro, plan.micro_batch, plan.accum_steps)
+            x, y = sampler.batch(step, micro, plan.micro_batch, plan.accum_steps, plan.seq_len, fraction)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = micro == plan.accum_steps - 1 or ddp.world_size == 1
             with (net.no_sync() if not sync and isinstance(net, DistributedDataParallel) else contextlib.nullcontext()):
@@ -193,12 +189,13 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         step_seconds = _now(device) - started
         elapsed += step_seconds
         step += 1
+        tokens += plan.tokens
         if not math.isfinite(train_loss):
             kept = (f"the last checkpoint in {out_dir / CHECKPOINT_DIR} is intact" if (out_dir / CHECKPOINT_DIR).is_dir()
                     else "no checkpoint was written yet")
             raise LmgolfError(f"training diverged: the loss is {train_loss} at step {step}; stopped without saving, "
                               f"{kept} (try a lower learning rate)")
-        tok_s = tokens_per_step / step_seconds
+        tok_s = plan.tokens / step_seconds
         if ddp.is_main:
             bar.n = min(100.0, round(100 * budget_progress(cfg, step, elapsed), 1))
             bar.set_postfix(step=step, loss=f"{train_loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
@@ -210,11 +207,12 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
                 extra = {"expert_usage": [[round(u, 4) for u in row] for row in last_usage["experts"].tolist()]} \
                     if cfg.model.moe_experts else {}
                 log.write(step=step, loss=train_loss, lr_mult=lr_mult, elapsed=elapsed,
-                          tokens=step * tokens_per_step, tok_s=tok_s, flops_s=tok_s * flops_per_token, **extra)
+                          tokens=tokens, tok_s=tok_s, flops_s=tok_s * flops_per_token,
+                          **({"seq_len": plan.seq_len} if schedule.varies else {}), **extra)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
             _validate(_scored(model, qat), data, cfg, device, dtype, ddp, log, step, max_tokens=cfg.train.eval_tokens)
         if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-            _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step, averages)
+            _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step, averages, tokens=tokens)
         if on_step is not None:
             on_step(step)
     bar.close()
@@ -222,7 +220,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     if export != cfg.train.export_weights and ddp.is_main:
         print(f"train.export_weights={cfg.train.export_weights}: that average holds nothing yet (it never started), "
               f"exporting the raw weights", flush=True)
-    _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step, averages, export)
+    _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp, qat_step, averages, export, tokens=tokens)
     results = {}
     for variant in averages.kept():  # raw first; each kept average swapped into the model in turn
         with averages.swap_in(model, variant):
@@ -233,7 +231,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     if qat is not None:
         qat.invalidate()
     final = results[export]
-    summary = {"steps": step, "tokens": step * tokens_per_step, "elapsed": elapsed,
+    summary = {"steps": step, "tokens": tokens, "elapsed": elapsed,
                "val_loss": final.loss, "val_bpb": final.bpb}
     if averages.enabled:  # what the checkpoint's model holds, and every kept variant's final validation
         summary["export_weights"] = export
@@ -242,6 +240,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         summary["qat_step"] = qat_step
     if ddp.is_main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if hasattr(log, "close"):  # the TensorBoard writer
+        log.close()
     close_distributed(ddp)
     return summary
 
@@ -276,12 +276,13 @@ def _validate(model, data: DataFolder, cfg: Config, device, dtype, ddp: Dist, lo
 
 
 def _checkpoint(out_dir, model, optimizers, cfg, step, elapsed, ddp: Dist, qat_step: int | None = None,
-                averages: WeightAverages | None = None, export: str = "raw") -> None:
-    """export: the final checkpoint's variant for model.safetensors (the raw weights then go to raw.safetensors)."""
+                averages: WeightAverages | None = None, export: str = "raw", tokens: int | None = None) -> None:
+    """export: the final checkpoint's variant for model.safetensors (the raw weights then go to raw.safetensors);
+    tokens: trained so far (with train.context_schedule or batch_schedule the steps' token counts differ)."""
     if ddp.is_main:  # the sampler is a pure function of (seed, step): the step is the data position
         position = {"sampler": "WindowSampler", "seed": cfg.train.seed, "next_step": step}
         tensors, meta = averages.state_dict() if averages is not None else ({}, None)
-        extra = {"data_position": position, "qat_step": qat_step,
+        extra = {"data_position": position, "qat_step": qat_step, "tokens": tokens,
                  "metrics_bytes": MetricsLog(out_dir / "metrics.jsonl").size()}
         if averages is not None and averages.enabled:
             extra.update(averages=meta, exported=export)
