@@ -54,12 +54,17 @@ class _Cached:
         self.seen = 0  # tokens of `ids` accounted for by the cache
 
     def logits(self, ids: list[int]) -> torch.Tensor:
+        return self.fed_logits(ids)[-1]
+
+    def fed_logits(self, ids: list[int]) -> torch.Tensor:
+        """The logits (fed, vocab) at every position fed this call: the tokens the cache had not seen, or,
+        when it was (re)built, the last tokens it keeps (row i predicts the token after ids[-fed + i])."""
         new = ids[self.seen:]
         if self.cache is None or self.cache.length + len(new) > self.window:
             keep = self.window if self.cache is None else max(1, self.window // 2)
             self.cache, new = KVCache(), ids[-keep:]
         x = torch.tensor([new], device=_device(self.model))
-        out = self.model(x, self.cache)[0, -1]
+        out = self.model(x, self.cache)[0]
         self.seen = len(ids)
         return out
 
@@ -124,22 +129,43 @@ def generate(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature
     return list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_id))
 
 
+class Detokenizer:
+    """Text of token ids as they come: push(token) returns the text it completes ("" while a UTF-8 character
+    is still partial), finish() what is left at the end; the pieces join to tokenizer.decode(all ids). Only a
+    short tail is decoded again at each token. `prefix`: ids already shown (the prompt's last few), decoded
+    with the new ones so that a tokenizer that drops a leading space at the start of a text keeps it."""
+
+    def __init__(self, tokenizer, prefix: list[int] = ()):
+        self.tokenizer = tokenizer
+        self.done, self.anchor = list(prefix), 0
+        self.shown = tokenizer.decode(self.done) if self.done else ""  # the text of done[anchor:] returned so far
+
+    def push(self, token: int) -> str:
+        self.done.append(token)
+        text, piece = self.tokenizer.decode(self.done[self.anchor:]), ""
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):
+            piece, self.shown = text[len(self.shown):], text
+            if len(self.done) - self.anchor > 64:  # move the anchor where the tail decodes to the text's own end
+                tail = self.tokenizer.decode(self.done[-16:])
+                if text.endswith(tail):
+                    self.anchor, self.shown = len(self.done) - 16, tail
+        return piece
+
+    def finish(self) -> str:
+        text = self.tokenizer.decode(self.done[self.anchor:])
+        piece = text[len(self.shown):] if text.startswith(self.shown) else ""
+        self.shown += piece
+        return piece
+
+
 def text_pieces(tokenizer, ids: Iterator[int]) -> Iterator[str]:
     """The text of a stream of token ids as it comes, each piece once it decodes cleanly (no partial
-    UTF-8 character at its end); the pieces join to tokenizer.decode(all ids). Only a short tail is
-    decoded again at each token."""
-    done, anchor, shown = [], 0, ""  # shown: the text of done[anchor:] yielded so far
+    UTF-8 character at its end); the pieces join to tokenizer.decode(all ids)."""
+    detokenizer = Detokenizer(tokenizer)
     for token in ids:
-        done.append(token)
-        text = tokenizer.decode(done[anchor:])
-        if text.startswith(shown) and not text.endswith("\ufffd"):
-            if len(text) > len(shown):
-                yield text[len(shown):]
-            shown = text
-            if len(done) - anchor > 64:  # move the anchor where the tail decodes to the text's own end
-                tail = tokenizer.decode(done[-16:])
-                if text.endswith(tail):
-                    anchor, shown = len(done) - 16, tail
-    text = tokenizer.decode(done[anchor:])
-    if text.startswith(shown) and len(text) > len(shown):
-        yield text[len(shown):]
+        piece = detokenizer.push(token)
+        if piece:
+            yield piece
+    piece = detokenizer.finish()
+    if piece:
+        yield piece

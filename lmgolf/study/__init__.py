@@ -1,1 +1,1 @@
-"""Studies over many runs or models: budget fitting and the demo (sweeps later)."""
+"""Studies over many runs: study files and the sweep runner, the results store and its statistics, plots, the planner, budget fitting and the demo."""
