@@ -98,6 +98,7 @@ def test_an_artifact_teaches_with_its_dequantized_weights(teacher_run):
 
 def save_hf_teacher(folder, vocab_size=257, drop_bos=False):
     """A tiny LlamaForCausalLM over the byte vocabulary, with the byte tokenizer as Hugging Face files."""
+    pytest.importorskip("transformers", reason="a Hugging Face teacher needs the export extra (transformers)")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmgolf.serve.export_hf import tokenizer_files
@@ -127,6 +128,7 @@ def test_a_tiny_hugging_face_model_teaches(byte_data, tmp_path):
 
 
 def test_an_lmgolf_hugging_face_export_teaches_with_the_runs_logits(byte_data, tmp_path):
+    pytest.importorskip("transformers", reason="a Hugging Face teacher needs the export extra (transformers)")
     from lmgolf import api
     from lmgolf.training.checkpoint import load_model
     llama = ["model.embed_norm=false", "model.qk_norm=false", "model.q_gain=null", "model.logit_softcap=null",
