@@ -72,7 +72,7 @@ class Attention(nn.Module):
         past = ctx.recall(self)
         if past is not None:
             k, v = torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2)
-        ctx.keep(self, (k, v))
+        ctx.keep(self, (k, v), time_axis=2)
         return k, v
 
     # query/key transforms
@@ -81,9 +81,10 @@ class Attention(nn.Module):
         return F.rms_norm(q, (self.hd,)), F.rms_norm(k, (self.hd,))
 
     def rotate_qk(self, q, k, ctx: Context):
-        return self._rotate(q, ctx.start), self._rotate(k, ctx.start)
+        at = ctx.start if ctx.positions is None else ctx.positions
+        return self._rotate(q, at), self._rotate(k, at)
 
-    def _rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
+    def _rotate(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
         if not self.diff:
             return self.rotary(x, start)
         half = self.hd // 2

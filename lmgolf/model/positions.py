@@ -16,10 +16,14 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float32) / dims))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """x: (batch, heads, time, head_dim), its first position at `start`."""
-        t = torch.arange(start, start + x.size(-2), device=x.device, dtype=torch.float32)
-        angles = torch.outer(t, self.inv_freq)
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """x: (batch, heads, time, head_dim), its first position at `start`, or at each row's own positions
+        (`start` a (batch, time) tensor)."""
+        if isinstance(start, torch.Tensor):
+            angles = start[:, None, :, None].float() * self.inv_freq  # (batch, 1, time, dims / 2)
+        else:
+            t = torch.arange(start, start + x.size(-2), device=x.device, dtype=torch.float32)
+            angles = torch.outer(t, self.inv_freq)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         rotated, rest = x[..., :self.dims], x[..., self.dims:]
         x1, x2 = rotated.chunk(2, dim=-1)
@@ -31,7 +35,10 @@ class LearnedPositions(nn.Embedding):
     to the input at position t."""
 
     def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
-        end = ctx.start + x.size(1)
+        if ctx.positions is None:
+            positions, end = torch.arange(ctx.start, ctx.start + x.size(1), device=x.device), ctx.start + x.size(1)
+        else:  # each row at its own positions
+            positions, end = ctx.positions, int(ctx.positions.max()) + 1
         if end > self.num_embeddings:
             raise ValueError(f"sequence of {end} tokens exceeds the learned context {self.num_embeddings}")
-        return x + super().forward(torch.arange(ctx.start, end, device=x.device))
+        return x + super().forward(positions)

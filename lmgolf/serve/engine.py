@@ -2,15 +2,16 @@
 
 Each engine step gives every active stream one more token: a new stream's first step feeds its whole
 prompt (prefill, which also scores every prompt token), later steps feed the one token sampled last, each
-stream through its own KV cache (lmgolf.serve.generate's cached decoder, with its window rule). Streams that
-stand at the same cache length with the same prompt length run in one batched forward pass (their caches
-stacked on the batch axis for that pass); the model's cache holds one length per batch, so streams at
-different lengths run one after another within the step. Either way no request waits for another to
-finish: they advance in the same steps, and the step number is recorded in every token event.
+stream through its own KV cache (lmgolf.serve.generate's cached decoder, with its window rule). A prefill, and
+the rebuild of a cache whose window is full, runs on its own; then the stream's cache joins the decoding batch
+(lmgolf.serve.batching: one row per stream, left-padded, each row at its own positions), and every stream in
+it gets its next token from one forward pass per step, whatever the lengths of their caches. No request waits
+for another to finish: they advance in the same steps, and the step number is recorded in every token event.
 
 A stream ends at max_new_tokens ("length"), when the model samples the document end (BOS) or a stop string
 shows up in the text ("stop"; the text is cut before it), at its deadline ("timeout") or when cancelled
-(its client went away); its slot and cache are freed at the next step. The bits of a token are what the
+(its client went away); its slot and cache are freed at the next step. A forward pass that raises ends the
+streams it served with an "error" event (for the decoding batch, all of them) and the others go on. The bits of a token are what the
 model paid for it, -log2 p under the model's own distribution (temperature 1, no top-k/top-p).
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmgolf.errors import LmgolfError
-from lmgolf.model.gpt import KVCache
+from lmgolf.serve.batching import DecodeBatch
 from lmgolf.serve.generate import Detokenizer, _Cached, _check_args, sample_token
 
 LN2 = math.log(2)
@@ -115,6 +116,7 @@ class Engine:
     def __init__(self, model, tokenizer, max_streams: int = 32):
         self.model, self.tokenizer, self.max_streams = model, tokenizer, max_streams
         self.streams: list[Stream] = []
+        self.batch = DecodeBatch(model.tok_emb.weight.device)  # the caches of the streams past their prefill
         self.step_count = 0
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -178,9 +180,9 @@ class Engine:
                 self._finish(s, "timeout")
             else:
                 live.append(s)
-        for group in self._groups(live):
+        for group, forward in self._passes(live):
             try:
-                for s, logits in zip(group, self._forward(group)):
+                for s, logits in forward():
                     self._advance(s, logits)
             except Exception as e:  # one bad request must not stop the others; its client hears why
                 for s in group:
@@ -189,36 +191,25 @@ class Engine:
         with self._lock:
             done = [s for s in self.streams if s.finished is not None]
             self.streams = [s for s in self.streams if s.finished is None]
+        self.batch.update([s for s in self.batch.streams if s.finished is None])  # a failed pass's rows too
         for s in done:  # free the cache now, not when the last reference to the stream goes
             s.decoder.cache, s.sink = None, None
 
-    def _groups(self, streams: list[Stream]) -> list[list[Stream]]:
-        """Streams that can share a forward pass: past their prefill, same cache length, no rebuild due."""
-        groups: dict[object, list[Stream]] = {}
-        for s in streams:
-            cache = s.decoder.cache
-            batchable = cache is not None and cache.length + 1 <= s.decoder.window and s.decoder.seen == len(s.ids) - 1
-            groups.setdefault(cache.length if batchable else id(s), []).append(s)
-        return list(groups.values())
+    def _passes(self, streams: list[Stream]) -> list[tuple[list[Stream], Callable[[], list]]]:
+        """This step's forward passes, each with the streams it serves and giving (stream, logits (fed, vocab))
+        pairs: one for every stream past its prefill (whatever the length of its cache), then one for each
+        prefill or window rebuild (after the batch has let those streams go)."""
+        decoding = [s for s in streams if _decodes(s)]
+        passes = [([s], lambda s=s: [(s, s.decoder.fed_logits(s.ids))]) for s in streams if not _decodes(s)]
+        if decoding:
+            passes.insert(0, (decoding, lambda: self._decode(decoding)))
+        else:
+            self.batch.update([])
+        return passes
 
-    def _forward(self, group: list[Stream]) -> list[torch.Tensor]:
-        """The next-token logits of each stream in the group, (fed, vocab) each."""
-        if len(group) == 1:
-            return [group[0].decoder.fed_logits(group[0].ids)]
-        caches = [s.decoder.cache for s in group]
-        stacked = KVCache()
-        stacked.length = caches[0].length
-        try:
-            stacked.slots = {key: _stack([c.slots[key] for c in caches]) for key in caches[0].slots}
-        except (KeyError, TypeError, RuntimeError):  # a state this engine cannot stack: one pass each
-            return [s.decoder.fed_logits(s.ids) for s in group]
-        x = torch.tensor([[s.ids[-1]] for s in group], device=self.model.tok_emb.weight.device)
-        logits = self.model(x, stacked)
-        for i, s in enumerate(group):
-            s.decoder.cache.slots = {key: _row(value, i) for key, value in stacked.slots.items()}
-            s.decoder.cache.length = stacked.length
-            s.decoder.seen = len(s.ids)
-        return list(logits)
+    def _decode(self, streams: list[Stream]) -> list:
+        self.batch.update(streams)
+        return list(zip(self.batch.streams, self.batch.forward(self.model)))
 
     def _advance(self, s: Stream, logits: torch.Tensor) -> None:
         logprobs = logits.float().log_softmax(-1)
@@ -288,21 +279,7 @@ def _held(text: str, stops: tuple[str, ...]) -> int:
                 if stop.startswith(text[-n:])), default=0)
 
 
-def _stack(values: list):
-    """Cache states (tensors with the batch first, tuples of them, None) of several streams as one batch."""
-    if all(v is None for v in values):
-        return None
-    if all(isinstance(v, torch.Tensor) for v in values):
-        return torch.cat(values, dim=0)
-    if all(isinstance(v, tuple) for v in values):
-        return tuple(_stack(list(parts)) for parts in zip(*values))
-    raise TypeError(type(values[0]).__name__)
-
-
-def _row(value, i: int):
-    """Stream i's part of a stacked state."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        return value[i:i + 1]
-    return tuple(_row(part, i) for part in value)
+def _decodes(s: Stream) -> bool:
+    """Past its prefill, with room in its window for the token sampled last (which it has not seen yet)."""
+    cache = s.decoder.cache
+    return cache is not None and cache.length + 1 <= s.decoder.window and s.decoder.seen == len(s.ids) - 1
