@@ -37,7 +37,7 @@ def qmax(bits: int) -> int:
 
 def as_rows(w: torch.Tensor) -> torch.Tensor:
     """The 2-D view that row-wise quantizers work on: first dimension by the rest (a vector is one row)."""
-    return w.reshape(w.shape[0], -1) if w.ndim >= 2 else w.reshape(1, -1)
+    return w.reshape(w.shape[0], math.prod(w.shape[1:])) if w.ndim >= 2 else w.reshape(1, -1)
 
 
 def rows_shape(shape: list[int]) -> tuple[int, int]:

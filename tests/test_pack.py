@@ -15,8 +15,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads
 
 
 def tiny(**overrides):
-    cfg = Config(model=ModelConfig(vocab_size=260, n_layer=2, d_model=32, n_head=2, context=16, bos_id=0,
-                                   tie_embeddings=False, **overrides))
+    shape = {"vocab_size": 260, "n_layer": 2, "d_model": 32, "n_head": 2, "context": 16, "bos_id": 0,
+             "tie_embeddings": False}
+    cfg = Config(model=ModelConfig(**(shape | overrides)))
     torch.manual_seed(0)
     return GPT(cfg.model).eval(), cfg
 
@@ -126,3 +127,15 @@ def test_report_has_compressed_bytes_per_group(tmp_path):
     groups = {g["group"]: g for g in report.groups}
     assert groups["mlp"]["storage"] == "int4-row"
     assert 0 < groups["mlp"]["compressed_bytes"] <= groups["mlp"]["raw_bytes"] + 64
+
+
+@pytest.mark.parametrize("storage", ["int6-row", "fp16"])
+def test_an_empty_tensor_packs_and_loads_back(tmp_path, storage):
+    """A one-layer U-Net has no skips: its (0, d_model) skip weights must pack (lmgolf fit tries n_layer=1)."""
+    from lmgolf.data.tokenizers import train_tokenizer
+    model, cfg = tiny(n_layer=1, unet_skips=True)
+    assert model.state_dict()["skip_weights"].shape == (0, 32)
+    packing.pack(model, cfg, train_tokenizer("byte", []), tmp_path / "m.lmg",
+                 PackPolicy(min_quant_numel=0, default_storage=storage))
+    loaded, _, _, _ = load_artifact(tmp_path / "m.lmg")
+    assert loaded.state_dict()["skip_weights"].shape == (0, 32)

@@ -110,6 +110,8 @@ def _read_blob(entry: dict, blobs: memoryview, where: str) -> torch.Tensor:
     shuffle = entry.get("shuffle", 1)
     if not isinstance(shuffle, int) or shuffle < 1:
         raise LmgolfError(f"{where}: blob {entry.get('role')!r} has a malformed shuffle width {shuffle!r}")
+    if numel == 0:  # e.g. the skip weights of a one-layer U-Net; an empty buffer cannot be viewed as a dtype
+        return torch.empty(shape, dtype=dtype)
     raw = bytes(blobs[offset:offset + length])
     if shuffle > 1:
         raw = unshuffle_bytes(raw, shuffle)
