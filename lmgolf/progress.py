@@ -29,6 +29,9 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def close(self) -> None:
+        """Nothing to release here (each write opens and closes the file); a TensorBoard view has a writer."""
+
     def size(self) -> int | None:
         """The bytes written so far (recorded in a checkpoint, to cut the log back to it on resume)."""
         if self.path is None:

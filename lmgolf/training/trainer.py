@@ -240,8 +240,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         summary["qat_step"] = qat_step
     if ddp.is_main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if hasattr(log, "close"):  # the TensorBoard writer
-        log.close()
+    log.close()
     close_distributed(ddp)
     return summary
 
