@@ -195,6 +195,20 @@ def test_results_table_flags_the_golf_rule_both_ways(tmp_path):
     assert n == 5 and abs(mean - 3.0) < 1e-12 and abs(std - stats.mean_std(BASE)[1]) < 1e-15
 
 
+def test_per_token_losses_of_another_tokenizer_are_not_tested_but_bits_per_byte_are(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        for arm, losses, fingerprint in (("base", BASE, "a" * 64), ("v2048", GOOD, "b" * 64)):
+            for seed, loss in enumerate(losses):
+                store.add_row(f"syn/{arm}/{seed}", study="vocab", arm=arm, seed=seed, val_loss=loss,
+                              val_bpb=loss / 2.0, data_fingerprint=fingerprint)
+        rows = store.runs("vocab")
+    by_loss = {a.arm: a for a in study_results(rows, "vocab", baseline="base").arms}
+    assert by_loss["v2048"].other_data and by_loss["v2048"].test is None and by_loss["v2048"].golf is None
+    assert "other data or tokenizer" in study_results(rows, "vocab", baseline="base").format_markdown()
+    by_bpb = {a.arm: a for a in study_results(rows, "vocab", baseline="base", metric="val_bpb").arms}
+    assert not by_bpb["v2048"].other_data and by_bpb["v2048"].test is not None
+
+
 def test_csv_and_markdown_export(tmp_path, capsys):
     synthetic_store(tmp_path / "r.sqlite").close()
     code, out, err = cli(capsys, "results", "golf", "--baseline", "base", "--db", tmp_path / "r.sqlite",

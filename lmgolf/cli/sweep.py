@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 from lmgolf.errors import LmgolfError
 
 
@@ -48,7 +51,12 @@ def cmd_sweep(args) -> int:
             raise LmgolfError("sweep --only: executes one run; --jobs is for a whole sweep")
         record = run_one(study, args.only, retry_failed=args.retry_failed)
         return 1 if record is not None and record["status"] != "ok" else 0
-    return 1 if sweep(study, jobs=args.jobs, retry_failed=args.retry_failed, db=args.db).failed else 0
+    # a scheduler's cancel or timeout (SIGTERM) unwinds like Ctrl-C, so the sweep stops its child processes too
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return 1 if sweep(study, jobs=args.jobs, retry_failed=args.retry_failed, db=args.db).failed else 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_rerun(args) -> int:

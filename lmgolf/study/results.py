@@ -14,6 +14,7 @@ TABLE_METRICS = ("val_loss", "val_bpb", "artifact_bytes", "params", "wall_time")
 COMPARABLE = ("val_loss", "val_bpb", "artifact_bytes", "params", "train_flops", "tokens", "wall_time", "steps",
               "artifact_val_loss", "artifact_val_bpb")
 NO_ARM = "(none)"
+PER_TOKEN = ("val_loss", "artifact_val_loss")  # nats per token: comparable only between runs of one tokenizer
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ArmResult:
     p_margin: float | None = None  # one-sided p of "the improvement is at most min_delta" (the strict reading)
     golf_strict: bool | None = None
     failed: int = 0  # the arm's failed runs (status 'failed'), left out of n and of every statistic
+    other_data: bool = False  # trained on other data than the baseline (another tokenizer): a per-token
+                              # metric is not compared (no test, no golf rule)
 
 
 @dataclass
@@ -86,6 +89,9 @@ class StudyResults:
             if self.baseline is not None:
                 if a.arm == self.baseline:
                     cells += ["baseline", "", "", "", "", "", ""]
+                elif a.other_data:
+                    cells += [f"{a.improvement:+.4f}" if a.improvement is not None else "-", "-", "-", "-", "-",
+                              "n/a (other data or tokenizer: compare val_bpb)", "-"]
                 elif a.test is None:
                     cells += [f"{a.improvement:+.4f}" if a.improvement is not None else "-", "-", "-", "-", "-",
                               "n/a (needs n ≥ 2 and variance)", "-"]
@@ -126,6 +132,9 @@ def study_results(rows: list[dict], study: str, baseline: str | None = None, met
     def values(group, m):
         return [r[m] for r in group if r.get(m) is not None]
 
+    def fingerprints(group):
+        return {r.get("data_fingerprint") for r in group} - {None}
+
     order = ([baseline] if baseline is not None else []) + sorted(a for a in groups if a != baseline)
     arms = []
     for name in order:
@@ -137,7 +146,10 @@ def study_results(rows: list[dict], study: str, baseline: str | None = None, met
                 arm.stats[m] = mean_std(vals)
         if baseline is not None and name != baseline:
             base, mine = values(groups[baseline], metric), values(group, metric)
-            if base and mine:
+            arm.other_data = metric in PER_TOKEN and fingerprints(group) != fingerprints(groups[baseline])
+            if base and mine and arm.other_data:
+                arm.improvement = mean_std(base)[0] - mean_std(mine)[0]
+            elif base and mine:
                 arm.improvement = mean_std(base)[0] - mean_std(mine)[0]
                 try:
                     arm.test = welch(mine, base)
