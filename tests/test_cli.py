@@ -1,6 +1,8 @@
 """The command line end to end, and every bad input: a one-line error, exit code 2, nothing half-written."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,10 @@ def test_pack_to_an_unwritable_place_is_one_line(capsys, tmp_path, pipeline):
     assert_one_line_error(code, err, "m.lmg", "cannot write")
     code, _, err = cli(capsys, "pack", pipeline / "run", "--out", tmp_path / "m.lmg", "--write-runner", blocker / "r.py")
     assert_one_line_error(code, err, "r.py", "cannot write")
+
+
+def test_building_the_command_line_imports_no_torch():
+    """`lmgolf --help` and every command's parsing stay fast: torch is imported only by what runs."""
+    probe = "import sys; from lmgolf.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from lmgolf import api
 from lmgolf.errors import LmgolfError
-from lmgolf.serve.generate import MAX_NEW_TOKENS
-from lmgolf.serve.protocol import Limits
+from lmgolf.serve.limits import Limits
 
 DEFAULTS = Limits()
 
@@ -30,6 +29,7 @@ def register(sub) -> None:
 
 
 def limits_from(args) -> Limits:
+    from lmgolf.serve.generate import MAX_NEW_TOKENS  # here, not at the top: it imports torch, which every command would pay
     for flag, value, low in (("--max-prompt-bytes", args.max_prompt_bytes, 1), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--max-streams", args.max_streams, 1), ("--port", args.port, 0)):
         if value < low:

@@ -24,16 +24,9 @@ from dataclasses import dataclass
 
 from lmgolf.serve.chat import ASSISTANT, STOP, USER
 from lmgolf.serve.engine import Request
+from lmgolf.serve.limits import Limits
 
 ROLES = {"system": "System:", "user": USER, "assistant": ASSISTANT}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_prompt_bytes: int = 32_768
-    max_new_tokens: int = 1024
-    timeout: float = 120.0  # seconds a request may take, queued or decoding
-    max_streams: int = 32   # requests decoded at once; more get 429
 
 
 class BadRequest(Exception):
