@@ -74,14 +74,14 @@ def assert_valid_images(out, kind):
 
 
 def test_t_quantile_matches_scipy_including_fractional_degrees_of_freedom():
-    from lmgolf.study.plotdata import t_quantile
+    from lmgolf.study.stats import t_quantile
     for df in (1, 2, 2.5, 4, 9.3, 30, 200):
         for p in (0.025, 0.5, 0.9, 0.975, 0.995):
             assert t_quantile(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), abs=1e-9, rel=1e-9)
 
 
 def test_t_interval_is_scipys_95_percent_t_interval_of_the_mean():
-    from lmgolf.study.plotdata import t_interval
+    from lmgolf.study.stats import t_interval
     for values in ([1.5, 1.52, 1.49], [2.0, 2.1], [1.0, 1.01, 1.03, 0.98, 1.0, 1.02]):
         got = t_interval(values)
         lo, hi = scipy_stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=scipy_stats.sem(values))

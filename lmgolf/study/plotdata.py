@@ -15,7 +15,7 @@ import numpy as np
 
 from lmgolf.errors import LmgolfError
 from lmgolf.study.results import NO_ARM
-from lmgolf.study.stats import mean_std, t_cdf
+from lmgolf.study.stats import t_interval
 
 # axis labels with units, for the store's metrics and the metrics log's fields
 LABELS = {
@@ -53,44 +53,6 @@ def by_arm(rows: list[dict], baseline: str | None = None) -> dict[str, list[dict
 
 
 # ---------------------------------------------------------------- intervals and fronts
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t with df degrees of freedom (bisection on lmgolf.study.stats.t_cdf)."""
-    if not 0 < p < 1 or not df > 0:
-        raise LmgolfError(f"statistics: t quantile needs 0 < p < 1 and df > 0 (got p={p}, df={df})")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2
-
-
-@dataclass
-class Interval:
-    mean: float
-    lo: float | None  # None: one value, no interval
-    hi: float | None
-    n: int
-    std: float | None
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
-    """mean ± t_{(1+c)/2, n-1} · s / sqrt(n): the two-sided confidence interval of the mean over seeds."""
-    mean, std, n = mean_std(list(values))
-    if std is None:
-        return Interval(mean, None, None, n, None)
-    half = t_quantile((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, std)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -1,5 +1,5 @@
-"""Welch's t-test with the standard library only: the t statistic, the Welch-Satterthwaite degrees of
-freedom, and p-values from the Student t distribution through the regularized incomplete beta function
+"""Welch's t-test and the t-interval of a mean, with the standard library only: the t statistic, the
+Welch-Satterthwaite degrees of freedom, the t quantile, and p-values from the Student t distribution through the regularized incomplete beta function
 (a Lentz continued fraction, as in Numerical Recipes' betacf). scipy is a test dependency only; the
 tests check these numbers against `scipy.stats.ttest_ind(equal_var=False)`.
 
@@ -112,3 +112,41 @@ def golf_rule(improvement: float, p_one_sided: float, min_delta: float = GOLF_MI
               alpha: float = GOLF_ALPHA) -> bool:
     """Improvement (baseline mean - arm mean, lower is better) of at least min_delta at one-sided p < alpha."""
     return improvement >= min_delta and p_one_sided < alpha
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t with df degrees of freedom (bisection on lmgolf.study.stats.t_cdf)."""
+    if not 0 < p < 1 or not df > 0:
+        raise LmgolfError(f"statistics: t quantile needs 0 < p < 1 and df > 0 (got p={p}, df={df})")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return (lo + hi) / 2
+
+
+@dataclass
+class Interval:
+    mean: float
+    lo: float | None  # None: one value, no interval
+    hi: float | None
+    n: int
+    std: float | None
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """mean ± t_{(1+c)/2, n-1} · s / sqrt(n): the two-sided confidence interval of the mean over seeds."""
+    mean, std, n = mean_std(list(values))
+    if std is None:
+        return Interval(mean, None, None, n, None)
+    half = t_quantile((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, std)
