@@ -1,6 +1,7 @@
 """Welch's t-test and the t-interval of a mean, with the standard library only: the t statistic, the
-Welch-Satterthwaite degrees of freedom, the t quantile, and p-values from the Student t distribution through the regularized incomplete beta function
-(a Lentz continued fraction, as in Numerical Recipes' betacf). scipy is a test dependency only; the
+Welch-Satterthwaite degrees of freedom, the t quantile, and p-values from the Student t distribution
+through the regularized incomplete beta function (a Lentz continued fraction, as in Numerical Recipes'
+betacf). scipy is a test dependency only; the
 tests check these numbers against `scipy.stats.ttest_ind(equal_var=False)`.
 
 The golf rule (the parameter-golf challenge's bar for a new record): an arm beats the baseline when its
