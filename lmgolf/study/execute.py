@@ -135,20 +135,20 @@ def pack_and_score(folder: Path, spec: PackSpec, data: Path) -> dict:
     """Packs RUN/model.lmg as the study's pack table says and scores the artifact on the val split."""
     from lmgolf.config import pack_policy
     from lmgolf.data.folder import DataFolder
-    from lmgolf.data.tokenizers import load_tokenizer
     from lmgolf.packing.writer import pack
-    from lmgolf.training.checkpoint import load_model
-    model, cfg = load_model(folder, device="cpu")
+    from lmgolf.training.loading import load_trained
+    trained = load_trained(folder)
+    model, cfg = trained.model, trained.cfg
     policy = pack_policy(cfg.pack, spec.policy, spec.overrides + ([f"codec={spec.codec}"] if spec.codec else []))
     data = DataFolder(data)
     train_tokens = data.train_tokens() if policy.gptq and policy.gptq_calibration == "train" else None
-    report = pack(model, cfg, load_tokenizer(folder / "tokenizer"), folder / "model.lmg", policy, budget=spec.budget,
+    report = pack(model, cfg, trained.tokenizer, folder / "model.lmg", policy, budget=spec.budget,
                   allow_over_budget=True, train_tokens=train_tokens)
     out = {"artifact_bytes": report.artifact_bytes, "code_bytes": report.code_bytes, "fits_budget": report.fits()}
     if spec.evaluate:
         from lmgolf.eval.evaluate import evaluate
-        from lmgolf.packing.artifact import load_artifact
-        model, cfg, _, _ = load_artifact(folder / "model.lmg")
+        packed = load_trained(folder / "model.lmg")
+        model, cfg = packed.model, packed.cfg
         tokens, nbytes = data.split_tokens_and_bytes("val")
         result = evaluate(model, tokens, nbytes, cfg.model.context, progress=False)
         out.update(artifact_val_loss=result.loss, artifact_val_bpb=result.bpb)

@@ -91,13 +91,12 @@ def measure_generation(run_dir: str | Path, new_tokens: int = 256, device: str =
     checkpoint, after `warmup` untimed tokens, and divides by the UTF-8 bytes of the text it produced."""
     import torch
 
-    from lmgolf.data.tokenizers import load_tokenizer
     from lmgolf.device import pick_device
     from lmgolf.serve.generate import generate
-    from lmgolf.training.checkpoint import load_model
+    from lmgolf.training.loading import load_trained
     run_dir, device = Path(run_dir), pick_device(device)
-    model, _ = load_model(run_dir, device=device)
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    trained = load_trained(run_dir, device=device)
+    model, tokenizer = trained.model, trained.tokenizer
     prompt = [tokenizer.bos_id]
     generate(model, prompt, warmup, temperature=0)
     started = time.perf_counter()
