@@ -14,7 +14,8 @@ quality: nanoGPT's README CPU recipe (4 x 128, context 64, batch 12, 2000 iterat
 iterations, dropout 0), then the lmgolf preset with as many steps (--equal iterations) or with nanoGPT's
 training clock as its time budget (--equal wallclock: the sum of nanoGPT's iteration times, its evaluation
 passes left out, as lmgolf's budget leaves out its own). One scorer for both: non-overlapping windows of
---score-context over the whole val split, every character after the first scored once.
+each model's own context (or --score-context for both) over the whole val split, every character after the
+first scored once, so both sides score the same characters.
 Run one side at a time on an otherwise idle machine; children get --threads threads, as does the peak.
 """
 
@@ -149,13 +150,13 @@ def quality(a, work: Path, ng: Path, data: Path, env: dict, text: str) -> dict:
         lm_run.update(json.loads((lm_out / "summary.json").read_text()))
         ng_fn, ng_ids, ng_ctx = nanogpt_scorer(ng_out / "ckpt.pt", ng, text)
         lm_fn, lm_ids, lm_ctx = lmgolf_scorer(lm_out, text)
-        context = a.score_context or min(ng_ctx, lm_ctx)
-        if context > min(ng_ctx, lm_ctx):
-            raise SystemExit(f"--score-context {context} is longer than a model's context ({ng_ctx}, {lm_ctx})")
-        ng_run["full_val_loss"], targets = full_val_loss(ng_fn, ng_ids, context)
-        lm_run["full_val_loss"], lm_targets = full_val_loss(lm_fn, lm_ids, context)
+        if a.score_context and a.score_context > min(ng_ctx, lm_ctx):
+            raise SystemExit(f"--score-context {a.score_context} is longer than a model's context ({ng_ctx}, {lm_ctx})")
+        ng_run["score_context"], lm_run["score_context"] = a.score_context or ng_ctx, a.score_context or lm_ctx
+        ng_run["full_val_loss"], targets = full_val_loss(ng_fn, ng_ids, ng_run["score_context"])
+        lm_run["full_val_loss"], lm_targets = full_val_loss(lm_fn, lm_ids, lm_run["score_context"])
         assert targets == lm_targets, "both sides must score the same characters"
-        rows.append({"seed": seed, "targets": targets, "score_context": context, "nanogpt": ng_run, "lmgolf": lm_run})
+        rows.append({"seed": seed, "targets": targets, "nanogpt": ng_run, "lmgolf": lm_run})
         print(f"seed {seed}: nanoGPT {ng_run['full_val_loss']:.4f}, lmgolf {lm_run['full_val_loss']:.4f} nats/char "
               f"({targets:,} targets)", file=sys.stderr)
     ng_losses = [r["nanogpt"]["full_val_loss"] for r in rows]
@@ -202,7 +203,7 @@ def main() -> None:
     g.add_argument("--seeds", type=int, default=3)
     g.add_argument("--seed", type=int, default=1337, help="first seed")
     g.add_argument("--equal", choices=["iterations", "wallclock"], default="iterations")
-    g.add_argument("--score-context", type=int, default=None, help="scoring windows (default: the shorter context)")
+    g.add_argument("--score-context", type=int, default=None, help="scoring windows for both (default: each model's own context)")
     a = p.parse_args()
     a.preset = a.preset or ("nanogpt-shakespeare-char" if a.mode == "speed" else "nanogpt-shakespeare-char-cpu")
     a.iterations = a.iterations or (50 if a.mode == "speed" else 2000)

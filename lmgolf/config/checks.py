@@ -116,7 +116,7 @@ def check_model(cfg) -> None:
 def check_train(cfg) -> None:
     """A TrainConfig's fields."""
     choices = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "bf16", "fp32"),
-               "compile": ("auto", "on", "off"), "optimizer": ("muon", "adamw")}
+               "compile": ("auto", "on", "off"), "cpu_malloc": ("reuse", "system"), "optimizer": ("muon", "adamw")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise LmgolfError(f"config field train.{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")

@@ -155,6 +155,7 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda
     dtype: str = "auto"                 # auto | bf16 | fp32 (autocast dtype)
     compile: str = "auto"               # auto | on | off
+    cpu_malloc: str = "reuse"           # reuse (CPU: freed blocks kept for the next step, lmgolf/allocator.py) | system
     batch_tokens: int = 8192            # global tokens per optimizer step
     micro_batch: int = 16               # sequences per forward pass on one process
     max_steps: int = 0                  # 0: no step limit

@@ -43,6 +43,7 @@ from lmgolf.training.doc_scores import curriculum_order
 from lmgolf.training.tensorboard import metrics_log
 from lmgolf.training.resume import finished_at, check_resume
 from lmgolf.runfiles import atomic_write_text
+from lmgolf.allocator import keep_freed_memory
 from lmgolf.runinfo import run_record
 
 
@@ -64,6 +65,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     ddp = init_distributed(cfg.train.device)
     device = pick_device(cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, device)
+    kept_freed_memory = device.type == "cpu" and cfg.train.cpu_malloc == "reuse" and keep_freed_memory()
     data = DataFolder(data_dir)
     data.check()  # tokenizer, checksums, token ids and counts: refused before anything is written
     cfg.model.vocab_size = data.vocab_size
@@ -97,7 +99,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
         if ddp.is_main and changes:
             cfg.save(out_dir / "config.json")
     elif ddp.is_main:
-        _write_run_folder(out_dir, cfg, data, ddp, device, dtype)
+        _write_run_folder(out_dir, cfg, data, ddp, device, dtype, kept_freed_memory)
     log = metrics_log(out_dir, ddp.is_main, cfg.train.tensorboard, step if resume else None)  # RUN/metrics.jsonl
     if resume:
         # each step once: drop what was logged after the checkpoint (a finished run keeps its final validation)
@@ -245,10 +247,12 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     return summary
 
 
-def _write_run_folder(out_dir: Path, cfg: Config, data: DataFolder, ddp: Dist, device, dtype) -> None:
+def _write_run_folder(out_dir: Path, cfg: Config, data: DataFolder, ddp: Dist, device, dtype,
+                      kept_freed_memory: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = run_record()
-    record.update(data=data.describe(), device=str(device), dtype=str(dtype), world_size=ddp.world_size)
+    record.update(data=data.describe(), device=str(device), dtype=str(dtype), world_size=ddp.world_size,
+                  kept_freed_memory=kept_freed_memory)
     atomic_write_text(out_dir / "run.json", json.dumps(record, indent=2) + "\n")  # first: it marks a run folder
     cfg.save(out_dir / "config.json")
     shutil.rmtree(out_dir / "tokenizer", ignore_errors=True)
