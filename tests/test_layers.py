@@ -7,7 +7,7 @@ from lmgolf import sources
 from lmgolf.packing.runner import bundled_modules, runner_source
 from lmgolf.packing.writer import code_bytes
 
-LEAVES = {"lmgolf", "lmgolf.version", "lmgolf.errors", "lmgolf.runfiles", "lmgolf.progress", "lmgolf.device",
+LEAVES = {"lmgolf", "lmgolf.version", "lmgolf.errors", "lmgolf.allocator", "lmgolf.runfiles", "lmgolf.progress", "lmgolf.device",
           "lmgolf.runinfo", "lmgolf.codecs", "lmgolf.params", "lmgolf.quantize", "lmgolf.sources"}
 # each layer and the layers it may import (leaves are below every layer)
 ALLOWED = {
