@@ -58,31 +58,31 @@ def matmul_peak(device, dtype, n: int, repeats: int = 5) -> float:
     return statistics.median(rates)
 
 
-def theoretical_peak(dtype) -> dict | None:
-    """The CPU's nominal peak FLOP/s in this dtype: cores x clock (cpu MHz of /proc/cpuinfo) x FLOPs per
+def theoretical_peak(dtype, cpuinfo: str | None = None, threads: int | None = None) -> dict | None:
+    """The CPU's nominal peak FLOP/s in this dtype: threads x clock (cpu MHz of /proc/cpuinfo) x FLOPs per
     cycle per core from its ISA. An estimate from public microarchitecture figures, not a measurement:
     fp32 with AVX-512 on Intel: 2 FMA units x 16 lanes x 2 = 64; AVX-512 on AMD (two 256-bit pipes) and
-    AVX2: 32; bf16 with AMX: 1024 (one 16x16x32 tile multiply per 16 cycles); AVX512-BF16: twice fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return None
-    first = info.split("\n\n", 1)[0]
-    field = lambda name: next((line.split(":", 1)[1].strip() for line in first.splitlines()
-                               if line.startswith(name)), "")
-    flags, vendor, mhz = set(field("flags").split()), field("vendor_id"), field("cpu MHz")
+    AVX2: 32; bf16 with AMX: 1024 (one 16x16x32 tile multiply per 16 cycles); AVX512-BF16: twice fp32.
+    None where bf16 is emulated or the clock is unknown."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    first = cpuinfo.split("\n\n", 1)[0]
+    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first.splitlines()))
+    flags, vendor, mhz = set(fields.get("flags", "").split()), fields.get("vendor_id", ""), fields.get("cpu MHz")
     if not mhz:
         return None
-    wide = 64 if "avx512f" in flags and vendor == "GenuineIntel" else 32 if "avx2" in flags or "avx512f" in flags else 16
+    wide = 64 if "avx512f" in flags and vendor == "GenuineIntel" else 32 if flags & {"avx2", "avx512f"} else 16
     if dtype == torch.bfloat16:
         per_cycle = 1024 if "amx_bf16" in flags else 2 * wide if "avx512_bf16" in flags else None
         if per_cycle is None:
-            return None  # bf16 is emulated: no meaningful peak
+            return None
     else:
         per_cycle = wide
-    cores = len(os.sched_getaffinity(0))
-    threads = min(cores, torch.get_num_threads())
+    threads = threads or min(len(os.sched_getaffinity(0)), torch.get_num_threads())
     return {"flops_per_s": threads * float(mhz) * 1e6 * per_cycle, "cores": threads, "mhz": float(mhz),
             "flops_per_cycle_per_core": per_cycle}
 
