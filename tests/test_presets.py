@@ -12,6 +12,7 @@ PARAMS = {
     "pg-record-1.1207": 20_374_617,
     "nanogpt-shakespeare-char": 10_745_088,      # nanoGPT prints 10.65M: it leaves out the 98,304 positions
     "nanogpt-shakespeare-char-cpu": 804_096,     # nanoGPT prints 0.80M (795,904 without the positions)
+    "cpu-golf-shakespeare": 664_968,             # at 67 ids: 65 characters, <bos>, <unk>
     "golf-plan-baseline": 17_059_912,            # = pg-baseline, the challenge baseline's 17.06M
     "golf-plan-recurrence": 7_875_616,
     "golf-plan-factorized": 16_732_232,
