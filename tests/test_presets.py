@@ -13,6 +13,7 @@ PARAMS = {
     "nanogpt-shakespeare-char": 10_745_088,      # nanoGPT prints 10.65M: it leaves out the 98,304 positions
     "nanogpt-shakespeare-char-cpu": 804_096,     # nanoGPT prints 0.80M (795,904 without the positions)
     "cpu-golf-shakespeare": 664_968,             # at 67 ids: 65 characters, <bos>, <unk>
+    "cpu-golf-web": 2_885_648,                   # at a BPE of 1,024
     "golf-plan-baseline": 17_059_912,            # = pg-baseline, the challenge baseline's 17.06M
     "golf-plan-recurrence": 7_875_616,
     "golf-plan-factorized": 16_732_232,
