@@ -3,7 +3,7 @@
 A resume may change only what leaves the saved state meaningful (docs/training.md, "Resuming"):
   the budget            train.max_steps, train.time_budget (the schedule follows the new budget)
   bookkeeping           train.log_every, eval_every, eval_tokens, checkpoint_every, tensorboard; model.exit_threshold
-  how steps execute     train.device, dtype, compile, micro_batch (batch_tokens fixes the step's data)
+  how steps execute     train.device, dtype, compile, cpu_malloc, micro_batch (batch_tokens fixes the step's data)
   the packing policy    pack.*, unless train.qat is on (QAT trains against the policy's quantizer)
   what is exported      train.export_weights (it only selects what the final checkpoint's model holds)
 Every other field is refused with a one-line error naming it, before anything in the run folder is
@@ -26,7 +26,7 @@ from lmgolf.training.checkpoint import read_state
 BUDGET = {"train.max_steps", "train.time_budget"}
 BOOKKEEPING = {"train.log_every", "train.eval_every", "train.eval_tokens", "train.checkpoint_every",
                "train.tensorboard", "model.exit_threshold"}
-EXECUTION = {"train.device", "train.dtype", "train.compile", "train.micro_batch"}
+EXECUTION = {"train.device", "train.dtype", "train.compile", "train.cpu_malloc", "train.micro_batch"}
 EXPORT = {"train.export_weights"}
 CHANGEABLE = BUDGET | BOOKKEEPING | EXECUTION | EXPORT
 
