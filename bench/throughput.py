@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmgolf.allocator import keep_freed_memory
+from lmgolf.allocator import apply_cpu_malloc
 from lmgolf.config import load_config
 from lmgolf.model.count import count_module
 from lmgolf.device import autocast, pick_device, pick_dtype, want_compile
@@ -109,7 +109,8 @@ def profile_steps(step, steps: int, top: int = 15) -> dict:
         return "other"
     kinds: dict[str, float] = {}
     for e in events:
-        kinds[kind(e.key)] = kinds.get(kind(e.key), 0.0) + e.self_cpu_time_total / total
+        k = kind(e.key)
+        kinds[k] = kinds.get(k, 0.0) + e.self_cpu_time_total / total
     ops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
     return {"steps": steps, "self_cpu_ms_per_step": total / 1000 / steps, "phase_share": phases,
             "kind_share": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
@@ -192,7 +193,7 @@ def main() -> None:
     args = p.parse_args()
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    kept = device.type == "cpu" and args.malloc == "reuse" and keep_freed_memory()
+    kept = apply_cpu_malloc(args.malloc, device.type)
     n = args.matmul_size or (8192 if device.type == "cuda" else 1024)
     peak = matmul_peak(device, dtype, n)
     result = time_steps(args.preset, args.overrides, device, dtype, args.micro_batch, args.steps, args.warmup,
@@ -200,8 +201,8 @@ def main() -> None:
     theory = theoretical_peak(dtype) if device.type == "cpu" else None
     result.update(device=str(device), dtype=str(dtype).removeprefix("torch."), matmul_peak_flops_per_s=peak,
                   matmul_size=n, mfu=result["flops_per_s"] / peak, theoretical_peak=theory, kept_freed_memory=kept,
-                  share_of_theoretical_peak=result["flops_per_s"] / theory["flops_per_s"] if theory else None, hardware=hardware(), libraries=library_versions(),
-                  **peak_memory(device))
+                  share_of_theoretical_peak=result["flops_per_s"] / theory["flops_per_s"] if theory else None,
+                  hardware=hardware(), libraries=library_versions(), **peak_memory(device))
     out = Path(args.out or f"bench/results/throughput-{args.preset}-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -30,3 +30,8 @@ def keep_freed_memory(limit: int = KEEP_BYTES) -> bool:
     if not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(M_TRIM_THRESHOLD, limit))
+
+
+def apply_cpu_malloc(choice: str, device_type: str) -> bool:
+    """train.cpu_malloc for a run on `device_type`: True where freed memory is now kept (reuse, on CPU, glibc)."""
+    return device_type == "cpu" and choice == "reuse" and keep_freed_memory()

@@ -2,7 +2,7 @@ import platform
 
 import pytest
 
-from lmgolf.allocator import keep_freed_memory
+from lmgolf.allocator import apply_cpu_malloc, keep_freed_memory
 from lmgolf.config import load_config
 from lmgolf.errors import LmgolfError
 
@@ -15,6 +15,14 @@ def test_keep_freed_memory_is_applied_on_glibc():
 def test_keep_freed_memory_changes_nothing_off_glibc(monkeypatch):
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert keep_freed_memory() is False
+
+
+def test_apply_cpu_malloc_changes_nothing_for_system_or_off_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr("lmgolf.allocator.keep_freed_memory", lambda: calls.append(1) or True)
+    assert apply_cpu_malloc("system", "cpu") is False and apply_cpu_malloc("reuse", "cuda") is False
+    assert calls == []
+    assert apply_cpu_malloc("reuse", "cpu") is True and calls == [1]
 
 
 def test_cpu_malloc_accepts_only_reuse_or_system():

@@ -43,7 +43,7 @@ from lmgolf.training.doc_scores import curriculum_order
 from lmgolf.training.tensorboard import metrics_log
 from lmgolf.training.resume import finished_at, check_resume
 from lmgolf.runfiles import atomic_write_text
-from lmgolf.allocator import keep_freed_memory
+from lmgolf.allocator import apply_cpu_malloc
 from lmgolf.runinfo import run_record
 
 
@@ -65,7 +65,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     ddp = init_distributed(cfg.train.device)
     device = pick_device(cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, device)
-    kept_freed_memory = device.type == "cpu" and cfg.train.cpu_malloc == "reuse" and keep_freed_memory()
+    kept_freed_memory = apply_cpu_malloc(cfg.train.cpu_malloc, device.type)
     data = DataFolder(data_dir)
     data.check()  # tokenizer, checksums, token ids and counts: refused before anything is written
     cfg.model.vocab_size = data.vocab_size
