@@ -6,6 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from lmgolf.device import Dist, close_distributed
 from lmgolf.training import optim
 from lmgolf.training.optim import Muon, assign_shares
 
@@ -46,7 +47,7 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
             calls.clear()
     finally:
         optim.newton_schulz = original
-        dist.destroy_process_group()
+        close_distributed(Dist(rank, world, rank, owns_group=True))  # barrier first: a rank leaving early aborts gloo
 
 
 def test_parallel_muon_on_two_processes_equals_one_process(tmp_path):
