@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from lmgolf.allocator import apply_cpu_malloc
 from lmgolf.config import load_config
 from lmgolf.model.count import count_module
-from lmgolf.device import autocast, pick_device, pick_dtype, want_compile
+from lmgolf.device import autocast, cpu_fields, pick_device, pick_dtype, want_compile
 from lmgolf.model.gpt import GPT
 from lmgolf.training.optim import build_optimizers
 from lmgolf.runinfo import hardware, library_versions
@@ -64,14 +64,7 @@ def theoretical_peak(dtype, cpuinfo: str | None = None, threads: int | None = No
     fp32 with AVX-512 on Intel: 2 FMA units x 16 lanes x 2 = 64; AVX-512 on AMD (two 256-bit pipes) and
     AVX2: 32; bf16 with AMX: 1024 (one 16x16x32 tile multiply per 16 cycles); AVX512-BF16: twice fp32.
     None where bf16 is emulated or the clock is unknown."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return None
-    first = cpuinfo.split("\n\n", 1)[0]
-    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first.splitlines()))
+    fields = cpu_fields(cpuinfo)
     flags, vendor, mhz = set(fields.get("flags", "").split()), fields.get("vendor_id", ""), fields.get("cpu MHz")
     if not mhz:
         return None

@@ -13,15 +13,22 @@ import torch.distributed as dist
 from lmgolf.errors import LmgolfError
 
 
+def cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (model name, flags, cpu MHz...); {} where it is absent."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return {}
+    first = cpuinfo.split("\n\n", 1)[0]
+    return {k.strip(): v.strip() for k, sep, v in (line.partition(":") for line in first.splitlines()) if sep}
+
+
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 matmuls run several times faster than fp32 on such CPUs."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_fields().get("flags", "").split()))
 
 
 def pick_device(choice: str = "auto") -> torch.device:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from lmgolf.device import cpu_fields
 from lmgolf.version import __version__
 
 PACKAGE_DIR = Path(__file__).parent
@@ -50,22 +51,11 @@ def library_versions() -> dict:
 
 def hardware() -> dict:
     info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cpu": _cpu_name()}
+            "torch_threads": torch.get_num_threads(), "cpu": cpu_fields().get("model name") or platform.processor()}
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def run_record(argv: list[str] | None = None) -> dict:
