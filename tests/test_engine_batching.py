@@ -150,7 +150,33 @@ def test_finished_and_cancelled_streams_leave_the_batch_at_once_and_the_rest_dec
         assert_close(engine.logits[k], logits)
 
 
-def test_a_failed_batched_pass_ends_its_streams_with_an_error_and_the_next_streams_decode_as_alone():
+def test_a_failed_batched_pass_sends_its_streams_on_alone_and_they_get_the_tokens_they_would_have_got():
+    model = tiny(context=64)
+    engine, reqs, got = Engine(model, TOK), requests(10), {k: [] for k in range(2)}
+    for k in (0, 1):
+        engine.submit(reqs[k], got[k].append)
+    engine.step()  # the prefills
+    forward, calls = model.forward, []
+
+    def batch_fails(x, cache=None, **k):  # the decoding batch's pass (two rows) runs out of memory, once
+        calls.append(x.shape)
+        if x.size(0) > 1 and len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return forward(x, cache, **k)
+    model.forward = batch_fails
+    engine.step()
+    assert engine.batch.streams == [] and [s.decoder.cache for s in engine.streams] == [None, None]
+    while engine.streams:
+        engine.step()
+    del model.forward
+    assert [tuple(shape) for shape in calls[1:3]] == [(1, len(PROMPTS[0]) + 1), (1, len(PROMPTS[1]) + 1)]  # rebuilds
+    assert all(shape[0] == 2 for shape in calls[3:])  # then one batch again
+    for k in (0, 1):
+        assert [e.reason for e in got[k] if isinstance(e, Finish)] == ["length"]
+        assert [e.id for e in got[k] if isinstance(e, Token)] == alone(model, reqs[k])[0]
+
+
+def test_passes_that_keep_failing_end_each_stream_with_an_error_and_the_next_streams_decode_as_alone():
     model = tiny(context=64)
     engine, reqs, got = Engine(model, TOK), requests(10), {k: [] for k in range(3)}
     for k in (0, 1):
@@ -160,7 +186,9 @@ def test_a_failed_batched_pass_ends_its_streams_with_an_error_and_the_next_strea
     def failing(x, cache=None, **k):
         raise RuntimeError("out of memory")
     model.forward = failing
-    engine.step()
+    engine.step()  # the batch fails: no stream ends yet
+    assert len(engine.streams) == 2 and not any(isinstance(e, Finish) for k in (0, 1) for e in got[k])
+    engine.step()  # each stream's own pass fails: each ends
     del model.forward
     ends = [e for k in (0, 1) for e in got[k] if isinstance(e, Finish)]
     assert [(e.reason, e.message) for e in ends] == [("error", "RuntimeError: out of memory")] * 2
@@ -169,3 +197,20 @@ def test_a_failed_batched_pass_ends_its_streams_with_an_error_and_the_next_strea
     while engine.streams:
         engine.step()
     assert [e.id for e in got[2] if isinstance(e, Token)] == alone(model, reqs[2])[0]
+
+
+def test_a_stream_whose_token_handling_raises_ends_alone_and_its_batch_mates_go_on():
+    model = tiny(context=64)
+    engine, reqs, got = Engine(model, TOK), requests(10), {k: [] for k in range(2)}
+
+    def breaks_at_the_third_event(event):
+        got[0].append(event)
+        if len(got[0]) == 3:
+            raise BrokenPipeError("client went away")
+    engine.submit(reqs[0], breaks_at_the_third_event)
+    engine.submit(reqs[1], got[1].append)
+    while engine.streams:
+        engine.step()
+    assert [(e.reason, e.message) for e in got[0] if isinstance(e, Finish)] == [("error", "BrokenPipeError: client went away")]
+    assert [e.reason for e in got[1] if isinstance(e, Finish)] == ["length"]
+    assert [e.id for e in got[1] if isinstance(e, Token)] == alone(model, reqs[1])[0]

@@ -10,9 +10,12 @@ for another to finish: they advance in the same steps, and the step number is re
 
 A stream ends at max_new_tokens ("length"), when the model samples the document end (BOS) or a stop string
 shows up in the text ("stop"; the text is cut before it), at its deadline ("timeout") or when cancelled
-(its client went away); its slot and cache are freed at the next step. A forward pass that raises ends the
-streams it served with an "error" event (for the decoding batch, all of them) and the others go on. The bits of a token are what the
-model paid for it, -log2 p under the model's own distribution (temperature 1, no top-k/top-p).
+(its client went away); its slot and cache are freed at the next step. When the decoding batch's forward pass
+raises (say, out of memory), no stream has advanced and the batch's caches may be half-written: its streams drop
+them and go on alone next step, each rebuilding its cache from its ids (as at a full window), then rejoin. A pass
+of one stream that raises, or a stream whose token handling raises, ends only that stream, with an "error" event.
+The bits of a token are what the model paid for it, -log2 p under the model's own distribution (temperature 1,
+no top-k/top-p).
 """
 
 from __future__ import annotations
@@ -181,17 +184,24 @@ class Engine:
             else:
                 live.append(s)
         for group, forward in self._passes(live):
+            batched = _decodes(group[0])  # the decoding batch's pass (the others are a prefill or a rebuild each)
             try:
-                for s, logits in forward():
-                    self._advance(s, logits)
+                results = forward()
             except Exception as e:  # one bad request must not stop the others; its client hears why
-                for s in group:
-                    if s.finished is None:
-                        self._finish(s, "error", f"{type(e).__name__}: {e}")
+                if batched:
+                    self._alone_next_step(group)
+                else:
+                    self._finish(group[0], "error", f"{type(e).__name__}: {e}")
+                continue
+            for s, logits in results:
+                try:
+                    self._advance(s, logits)
+                except Exception as e:
+                    self._finish(s, "error", f"{type(e).__name__}: {e}")
         with self._lock:
             done = [s for s in self.streams if s.finished is not None]
             self.streams = [s for s in self.streams if s.finished is None]
-        self.batch.update([s for s in self.batch.streams if s.finished is None])  # a failed pass's rows too
+        self.batch.update([s for s in self.batch.streams if s.finished is None])  # the finished streams leave the batch
         for s in done:  # free the cache now, not when the last reference to the stream goes
             s.decoder.cache, s.sink = None, None
 
@@ -210,6 +220,13 @@ class Engine:
     def _decode(self, streams: list[Stream]) -> list:
         self.batch.update(streams)
         return list(zip(self.batch.streams, self.batch.forward(self.model)))
+
+    def _alone_next_step(self, streams: list[Stream]) -> None:
+        """After a failed batched pass: the batch lets its streams go, and each one's cache is rebuilt from its
+        ids by its own pass next step (not _decodes any more), so a stream fails alone or not at all."""
+        self.batch.update([])
+        for s in streams:
+            s.decoder.cache, s.decoder.seen = None, 0
 
     def _advance(self, s: Stream, logits: torch.Tensor) -> None:
         logprobs = logits.float().log_softmax(-1)
