@@ -31,13 +31,14 @@ from lmgolf.config import Config
 from lmgolf.errors import LmgolfError
 from lmgolf.model.gpt import GPT
 from lmgolf.runfiles import atomic_write_text, is_temp_name, sha256_file
+from lmgolf.training.runlock import LOCK_FILE
 
 CHECKPOINT_DIR = "checkpoint"
 TMP_DIR, OLD_DIR = f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old"
 CANDIDATES = (CHECKPOINT_DIR, TMP_DIR, OLD_DIR)  # in this order of preference at equal steps
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 OPTIONAL_TENSOR_FILES = ("averages.safetensors", "raw.safetensors")  # verified when state.json lists them
-# what a run folder holds (lmgolf.runfiles temp files besides): a fresh `train --out` starts only in an
+# what a run folder holds (lmgolf.runfiles temp files and the lock file besides): a fresh `train --out` starts only in an
 # empty folder or one with run.json and nothing but these
 RUN_ENTRIES = {"config.json", "run.json", "tokenizer", "metrics.jsonl", "summary.json", "model.lmg", *CANDIDATES}
 RUN_RECORD_FIELDS = ("command", "code", "libraries", "hardware")
@@ -168,7 +169,7 @@ def check_out_folder(out_dir: str | Path, resume: bool) -> None:
         raise LmgolfError(f"{out_dir}: a run is already there; pass --resume to continue it or choose another --out")
     if not out_dir.exists():
         return
-    entries = sorted(p.name for p in out_dir.iterdir() if not is_temp_name(p.name))
+    entries = sorted(p.name for p in out_dir.iterdir() if not is_temp_name(p.name) and p.name != LOCK_FILE)
     if not entries:
         return
     unexpected = [name for name in entries if name not in RUN_ENTRIES]

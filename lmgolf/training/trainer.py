@@ -42,6 +42,7 @@ from lmgolf.training.schedules import StepSchedule
 from lmgolf.training.doc_scores import curriculum_order
 from lmgolf.training.tensorboard import metrics_log
 from lmgolf.training.resume import finished_at, check_resume
+from lmgolf.training.runlock import run_folder_lock
 from lmgolf.runfiles import atomic_write_text
 from lmgolf.allocator import apply_cpu_malloc
 from lmgolf.runinfo import run_record
@@ -59,7 +60,14 @@ def budget_progress(cfg: Config, step: int, elapsed: float) -> float:
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True,
           on_step: Callable[[int], None] | None = None) -> dict:
-    """Trains into out_dir and returns a summary (final validation, steps, tokens, seconds)."""
+    """Trains into out_dir and returns a summary (final validation, steps, tokens, seconds). Rank 0 holds the
+    run folder's lock throughout (lmgolf.training.runlock): one process trains into a folder at a time."""
+    with contextlib.ExitStack() as held:  # the lock, from when _train takes it to the end
+        return _train(cfg, data_dir, Path(out_dir), resume, progress, on_step, held)
+
+
+def _train(cfg: Config, data_dir: str | Path, out_dir: Path, resume: bool, progress: bool,
+           on_step: Callable[[int], None] | None, held: contextlib.ExitStack) -> dict:
     if not cfg.train.max_steps and not cfg.train.time_budget:
         raise LmgolfError("config fields train.max_steps and train.time_budget: set at least one budget")
     ddp = init_distributed(cfg.train.device)
@@ -71,7 +79,6 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     cfg.model.vocab_size = data.vocab_size
     cfg.model.bos_id = data.bos_id
     cfg.validate()
-    out_dir = Path(out_dir)
     check_out_folder(out_dir, resume)  # a fresh run only into an empty folder or a run's without checkpoint
     changes = check_resume(out_dir, cfg, data) if resume else {}  # refuses before anything is written
     schedule = StepSchedule(cfg, ddp.world_size)  # the batch plan of every length and batch phase, checked up front
@@ -81,6 +88,9 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path, resume: bool =
     scoring_seconds = _now(device) - started if order is not None else 0.0
     teacher = (load_teacher(cfg.train.teacher, data.tokenizer(), cfg.model.context, device, dtype)  # before the seed:
                if cfg.train.teacher else None)  # loading it leaves the student's initialization as it is
+    if ddp.is_main:  # every refusal is behind: from the first write on, this process is the folder's one writer
+        held.enter_context(run_folder_lock(out_dir))
+        check_out_folder(out_dir, resume)  # again, under the lock: another run may have begun there since
 
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model).to(device)
