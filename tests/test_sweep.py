@@ -115,6 +115,23 @@ def test_a_failing_arm_is_recorded_and_the_sweep_completes(tmp_path, byte_data, 
     assert "diverge seed 0: FAILED: diverged" in out  # its summary is still not finite
 
 
+def test_runs_execute_seed_by_seed_and_their_only_numbers_stay_arm_by_arm(tmp_path, byte_data, capsys, monkeypatch):
+    from lmgolf.training import trainer
+    real_train, order = trainer.train, []
+
+    def recording_train(cfg, data, out, **kw):
+        order.append(f"{out.parent.name}/{out.name}")
+        return real_train(cfg, data, out, **kw)
+    monkeypatch.setattr(trainer, "train", recording_train)
+    path = write_study(tmp_path, byte_data, arms='a = []\nb = ["train.matrix_lr=0.01"]')
+    code, out, err = cli(capsys, "sweep", path, "--list")
+    assert [line.split()[:5] for line in out.splitlines()] == [
+        ["0", "new", "a", "seed", "0"], ["1", "new", "a", "seed", "1"], ["2", "new", "b", "seed", "0"], ["3", "new", "b", "seed", "1"]]
+    code, out, err = cli(capsys, "sweep", path, "--db", tmp_path / "r.sqlite")
+    assert code == 0, err
+    assert order == ["a/seed-0", "b/seed-0", "a/seed-1", "b/seed-1"]
+
+
 def test_jobs_2_runs_child_processes_and_collect_adds_their_records(tmp_path, byte_data, capsys):
     path, db = write_study(tmp_path, byte_data), tmp_path / "r.sqlite"
     code, out, err = cli(capsys, "sweep", path, "--jobs", 2, "--db", db)

@@ -1,8 +1,10 @@
 """`lmgolf sweep STUDY`: every run of a study file (lmgolf.study.studyfile), each an ordinary run folder
 OUT/ARM/seed-N with its result record (lmgolf.study.execute), added to the results store as it finishes.
 
-Finished runs are skipped, an interrupted one resumes from its checkpoint, a failed one is left as
-recorded unless retry_failed. jobs > 1 runs that many at a time, each a `python -m lmgolf sweep STUDY
+Runs execute seed by seed (every arm's first seed, then every arm's second, ...; the sort is stable), so
+under a time budget a machine that speeds up or slows down during the sweep reaches every arm alike instead
+of the arms that happen to run last; --only numbers stay arm by arm (Study.runs). Finished runs are skipped,
+an interrupted one resumes from its checkpoint, a failed one is left as recorded unless retry_failed. jobs > 1 runs that many at a time, each a `python -m lmgolf sweep STUDY
 --only INDEX` process (its output in OUT/logs/); the operating system schedules them.
 """
 
@@ -94,6 +96,7 @@ def sweep(study: Study, jobs: int = 1, retry_failed: bool = False, db: str | Pat
     runs = study.runs()
     states = {run.index: run_state(run) for run in runs}
     todo = [r for r in runs if states[r.index] not in (DONE, FAILED) or (states[r.index] == FAILED and retry_failed)]
+    todo.sort(key=lambda r: study.seeds.index(r.seed))  # seed by seed: a machine that drifts reaches every arm alike
     report = SweepReport(total=len(runs))
     counts = {s: sum(1 for v in states.values() if v == s) for s in set(states.values())}
     say(f"study {study.name}: {len(runs)} runs ({len(study.arms)} arms x {len(study.seeds)} seeds) in {study.out}; "
