@@ -84,6 +84,18 @@ def test_an_lmgolf_run_folder_teaches_inside_the_timed_step(byte_data, teacher_r
     assert plain["steps"] == 2
 
 
+def test_the_logged_flops_count_the_teachers_forward_at_the_students_context(byte_data, teacher_run, tmp_path):
+    from lmgolf.model.count import count_config
+    cfg = tiny_cfg("train.max_steps=1", f"train.teacher={teacher_run}")
+    train(cfg, byte_data, tmp_path / "student", progress=False)
+    (row,) = [r for r in map(json.loads, (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()) if "tok_s" in r]
+    teacher = load_teacher(str(teacher_run), ByteTokenizer(), cfg.model.context, CPU, torch.float32)
+    student = count_config(cfg.model).train_flops_per_token
+    expected = student + teacher.forward_flops_per_token(cfg.model.context)
+    assert teacher.forward_flops_per_token(cfg.model.context) > 0
+    assert row["flops_s"] / row["tok_s"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_an_artifact_teaches_with_its_dequantized_weights(teacher_run):
     import lmgolf
     from lmgolf.packing.artifact import load_artifact
@@ -125,6 +137,8 @@ def test_a_tiny_hugging_face_model_teaches(byte_data, tmp_path):
     summary = train(tiny_cfg("train.max_steps=2", f"train.teacher={folder}", "train.distill_alpha=0.9",
                              "train.distill_temperature=1.5"), byte_data, tmp_path / "student", progress=False)
     assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["val_loss"]))
+    # 2 FLOPs per weight of its matrices: q, k, v, o (32 x 32 each), gate, up, down (32 x 64 each), the head (32 x 257)
+    assert teacher.forward_flops_per_token(32) == 2 * (4 * 32 * 32 + 3 * 32 * 64 + 32 * 257)
 
 
 def test_an_lmgolf_hugging_face_export_teaches_with_the_runs_logits(byte_data, tmp_path):

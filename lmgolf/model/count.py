@@ -67,11 +67,12 @@ def extra_flops(module: nn.Module, context: int) -> Counter:
     return total
 
 
-def count_module(model: GPT) -> ModelCount:
+def count_module(model: GPT, context: int | None = None) -> ModelCount:
+    """Parameters by group and FLOPs per token, attention's at `context` (default: the model's own)."""
     groups = {g: 0 for g in GROUPS}
     for name, p in model.named_parameters():
         groups[parameter_group(name)] += p.numel()
-    extra = extra_flops(model, model.cfg.context)
+    extra = extra_flops(model, context or model.cfg.context)
     return ModelCount({g: n for g, n in groups.items() if n}, matmul_weights(model), extra["attention"], extra["scan"])
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from lmgolf.data.tokenizers import Tokenizer
 from lmgolf.device import autocast
 from lmgolf.errors import LmgolfError
+from lmgolf.model.count import count_module
 from lmgolf.training.loading import is_trained_model, load_trained
 
 # what a Hugging Face teacher's tokenizer must encode exactly as the student's does
@@ -54,6 +55,16 @@ class Teacher:
         self.model = model.to(device).eval().requires_grad_(False)
         self.vocab_size, self.device, self.dtype, self.source = vocab_size, device, dtype, source
         self.hugging_face = hugging_face
+
+    def forward_flops_per_token(self, context: int) -> int:
+        """The teacher's forward FLOPs per token over windows of `context`, which the step pays too: an lmgolf
+        model's exact count; for a Hugging Face model, 2 per weight of its matrices (embedding lookups are
+        free), attention's scores left out."""
+        if not self.hugging_face:
+            return count_module(self.model, context).forward_flops_per_token
+        lookups = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
+        tied = {id(self.model.get_output_embeddings().weight)}
+        return 2 * sum(p.numel() for p in self.model.parameters() if p.dim() >= 2 and (id(p) not in lookups or id(p) in tied))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, time, student vocab) float32 logits for token ids x, an ordinary tensor (not an

@@ -150,7 +150,8 @@ def _train(cfg: Config, data_dir: str | Path, out_dir: Path, resume: bool, progr
                     loss_of(x.to(device), y.to(device)).backward()
         model.zero_grad(set_to_none=True)
 
-    flops_per_token = count_module(model).train_flops_per_token
+    flops_per_token = count_module(model).train_flops_per_token + (  # the teacher's forward is in the step too
+        teacher.forward_flops_per_token(cfg.model.context) if teacher is not None else 0)
     plan = schedule.plan_at(budget_progress(cfg, step, elapsed))
     if ddp.is_main:
         print(f"training {sum(p.numel() for p in model.parameters()):,} parameters on {device} ({str(dtype).removeprefix('torch.')}), "
