@@ -178,6 +178,8 @@ BAD_STUDIES = [
      "corpus and tokenizer"),
     ("arm_key", 'preset = "cpu-demo"\n[data]\npath = "d"\n[budget]\nmax_steps = 1\n[arms]\nx = ["model.nlayer=2"]',
      "field arms.x", "unknown config key 'model.nlayer'"),
+    ("arm_dot", 'preset = "cpu-demo"\n[data]\npath = "d"\n[budget]\nmax_steps = 1\n[arms]\nlr0.02 = ["train.lr=0.02"]',
+     "field arms.lr0", 'quote an arm\'s name that holds one: "lr0.02" = [...]'),
     ("arm_seed", 'preset = "cpu-demo"\n[data]\npath = "d"\n[budget]\nmax_steps = 1\n[arms]\nx = ["train.seed=2"]',
      "field arms.x", "seeds"),
     ("metric", 'preset = "cpu-demo"\nmetrics = ["artifact_bytes"]\n[data]\npath = "d"\n[budget]\nmax_steps = 1',

@@ -205,6 +205,10 @@ class _Checker:
         for arm, value in self.typed(raw.get("arms", {}), "arms", dict, "a table of arm = overrides").items():
             if not NAME.match(arm):
                 self.fail(f"arms.{arm}", "an arm's name must be a folder name (letters, digits, _ . = , + -)")
+            nested = [k for k, v in value.items() if isinstance(v, list)] if isinstance(value, dict) else []
+            if nested:  # TOML read `a.b = [...]` as a table a holding an arm b
+                self.fail(f"arms.{arm}", f"a dot in a bare TOML key nests tables; quote an arm's name that holds one: "
+                                         f"\"{arm}.{nested[0]}\" = [...]")
             arms[arm] = self.overrides(value, f"arms.{arm}", preset)
         for arm, items in self.grid(raw.get("grid"), preset).items():
             if arm in arms:
