@@ -150,12 +150,18 @@ def test_finished_and_cancelled_streams_leave_the_batch_at_once_and_the_rest_dec
         assert_close(engine.logits[k], logits)
 
 
-def test_a_failed_batched_pass_sends_its_streams_on_alone_and_they_get_the_tokens_they_would_have_got():
+def two_streams_past_their_prefill():
+    """A model, an engine decoding requests 0 and 1 (their prefills done), the requests, and each one's events."""
     model = tiny(context=64)
-    engine, reqs, got = Engine(model, TOK), requests(10), {k: [] for k in range(2)}
+    engine, reqs, got = Engine(model, TOK), requests(10), {k: [] for k in range(3)}
     for k in (0, 1):
         engine.submit(reqs[k], got[k].append)
-    engine.step()  # the prefills
+    engine.step()
+    return model, engine, reqs, got
+
+
+def test_a_failed_batched_pass_sends_its_streams_on_alone_and_they_get_the_tokens_they_would_have_got():
+    model, engine, reqs, got = two_streams_past_their_prefill()
     forward, calls = model.forward, []
 
     def batch_fails(x, cache=None, **k):  # the decoding batch's pass (two rows) runs out of memory, once
@@ -177,11 +183,7 @@ def test_a_failed_batched_pass_sends_its_streams_on_alone_and_they_get_the_token
 
 
 def test_passes_that_keep_failing_end_each_stream_with_an_error_and_the_next_streams_decode_as_alone():
-    model = tiny(context=64)
-    engine, reqs, got = Engine(model, TOK), requests(10), {k: [] for k in range(3)}
-    for k in (0, 1):
-        engine.submit(reqs[k], got[k].append)
-    engine.step()  # the prefills
+    model, engine, reqs, got = two_streams_past_their_prefill()
 
     def failing(x, cache=None, **k):
         raise RuntimeError("out of memory")
