@@ -4,8 +4,9 @@ OUT/ARM/seed-N with its result record (lmgolf.study.execute), added to the resul
 Runs execute seed by seed (every arm's first seed, then every arm's second, ...; the sort is stable), so
 under a time budget a machine that speeds up or slows down during the sweep reaches every arm alike instead
 of the arms that happen to run last; --only numbers stay arm by arm (Study.runs). Finished runs are skipped,
-an interrupted one resumes from its checkpoint, a failed one is left as recorded unless retry_failed. jobs > 1 runs that many at a time, each a `python -m lmgolf sweep STUDY
---only INDEX` process (its output in OUT/logs/); the operating system schedules them.
+an interrupted one resumes from its checkpoint, a failed one is left as recorded unless retry_failed.
+jobs > 1 runs that many at a time, each a `python -m lmgolf sweep STUDY --only INDEX` process (its output
+in OUT/logs/); the operating system schedules them.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ TMP_DIR, OLD_DIR = f"{CHECKPOINT_DIR}.tmp", f"{CHECKPOINT_DIR}.old"
 CANDIDATES = (CHECKPOINT_DIR, TMP_DIR, OLD_DIR)  # in this order of preference at equal steps
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
 OPTIONAL_TENSOR_FILES = ("averages.safetensors", "raw.safetensors")  # verified when state.json lists them
-# what a run folder holds (lmgolf.runfiles temp files and the lock file besides): a fresh `train --out` starts only in an
-# empty folder or one with run.json and nothing but these
+# what a run folder holds (lmgolf.runfiles temp files and the lock file besides): a fresh `train --out`
+# starts only in an empty folder or one with run.json and nothing but these
 RUN_ENTRIES = {"config.json", "run.json", "tokenizer", "metrics.jsonl", "summary.json", "model.lmg", *CANDIDATES}
 RUN_RECORD_FIELDS = ("command", "code", "libraries", "hardware")
 
