@@ -69,12 +69,12 @@ def test_embedding_and_residual_dropout_zero_a_fraction_p():
     assert all(b.attn.attn_dropout == 0.1 for b in model.blocks)
 
 
-@pytest.mark.parametrize("core", ["sdpa", "softcapped"])
-def test_attention_dropout_zeroes_a_fraction_p_of_the_probabilities(core):
+@pytest.mark.parametrize("core,softcap", [("sdpa", None), ("explicit", None), ("explicit", 30.0)])
+def test_attention_dropout_zeroes_a_fraction_p_of_the_probabilities(core, softcap):
     """With q = k = 0 every allowed key gets 1/(i+1), and one-hot values make the output the probability
     matrix itself: dropped entries read 0, kept ones 1/((i+1)(1-p)); eval mode leaves them all."""
     p, T = 0.25, 16
-    attn = Attention(tiny(attn_dropout=p, attn_softcap=30.0 if core == "softcapped" else None, head_dim=T))
+    attn = Attention(tiny(attn_dropout=p, attn_softcap=softcap, head_dim=T))
     q = k = torch.zeros(64, 2, T, T)
     v = torch.eye(T).expand(64, 2, T, T)
     allowed = torch.ones(T, T).tril().bool()

@@ -37,7 +37,8 @@ def min_params(cfg) -> int:
 def check_model(cfg) -> None:
     """A ModelConfig's fields and their combinations."""
     choices = {"family": ("transformer", "linear", "mlp"), "positions": ("rope", "learned", "none"), "norm": ("rmsnorm", "layernorm"),
-               "norm_position": ("pre", "post"), "attn_gate": ("none", "head", "element"), "mlp": ("gelu", "swiglu", "relu2", "leaky_relu2")}
+               "norm_position": ("pre", "post"), "attn_gate": ("none", "head", "element"),
+               "attn_kernel": ("auto", "fused", "matmul"), "mlp": ("gelu", "swiglu", "relu2", "leaky_relu2")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise LmgolfError(f"config field model.{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")

@@ -63,6 +63,8 @@ class ModelConfig:
     doc_mask: bool = False              # no attention across a BOS inside a packed window (needs bos_id)
     bos_id: int | None = None           # the document delimiter; training sets it from the data folder
     attn_softcap: float | None = None   # attention scores <- c * tanh(scores / c) (Gemma 2); runs without fused SDPA
+    attn_kernel: str = "auto"           # auto | fused | matmul: attention's core; auto: matmuls for bf16 on a CPU
+                                        # up to 512 keys, where they beat the fused kernel (lmgolf.model.attention)
     attn_gate: str = "none"             # none | head | element: output times sigmoid(linear(x)) (gated attention)
     diff_attn: bool = False             # differential attention (Diff Transformer): two softmax maps, learned lambda
     value_residual: bool = False        # every layer after the first mixes the first layer's values into its own

@@ -1,6 +1,12 @@
 """Causal self-attention (MHA, GQA or MQA) and its options, in named stages: query/key transforms
-(QK-norm, RoPE, query gain), value mixing (value residuals), the core (fused SDPA, soft-capped scores or
-differential attention) and output transforms (exclusive attention, the output gate)."""
+(QK-norm, RoPE, query gain), value mixing (value residuals), the core (fused SDPA or batched matmuls,
+soft-capped scores or differential attention) and output transforms (exclusive attention, the output gate).
+
+The core's kernel (model.attn_kernel): PyTorch's fused kernel, or the scores and probabilities written out by
+batched matmuls. On a CPU in bf16 the fused kernel is slow at short contexts (its backward runs at fp32 speed,
+and at 64 keys it takes 6x as long as the matmuls), so `auto` takes the matmuls there up to MATMUL_MAX_KEYS keys
+(measured in docs/benchmarks.md, "Attention's kernel on a CPU"); the maps they hold for the backward pass,
+queries x keys per head, stay small at such lengths."""
 
 from __future__ import annotations
 
@@ -13,6 +19,13 @@ from torch import nn
 from lmgolf.config import ModelConfig
 from lmgolf.model.context import Context, attention_mask
 from lmgolf.model.positions import Rotary
+
+MATMUL_MAX_KEYS = 512  # bf16 on a CPU: the matmuls beat the fused kernel up to here, not at 1,024 (AVX512-BF16)
+
+
+def matmuls_are_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """model.attn_kernel=auto: batched matmuls rather than the fused kernel, for bf16 on a CPU at short lengths."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.size(-2) <= MATMUL_MAX_KEYS
 
 
 class Attention(nn.Module):
@@ -35,6 +48,7 @@ class Attention(nn.Module):
             self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer)
             self.lambdas = nn.Parameter(torch.randn(4, self.hd // 2) * 0.1)
         self.softcap = cfg.attn_softcap
+        self.kernel = cfg.attn_kernel
         # value residuals (ResFormer): v <- lambda_0 v + lambda_1 v_first, learned, in every later layer
         self.v_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if cfg.value_residual and layer > 0 else None
         gate_width = {"none": 0, "head": self.n_head, "element": self.n_head * self.hd}[cfg.attn_gate]
@@ -44,7 +58,7 @@ class Attention(nn.Module):
                                               (self.gain_q, cfg.q_gain is not None)) if on]
         self.value_mixes = [m for m, on in ((self.keep_first_values, cfg.value_residual and layer == 0),
                                             (self.mix_first_values, self.v_mix is not None)) if on]
-        self.attend = self.softcapped if self.softcap is not None else self.sdpa
+        self.attend = self.explicit if self.softcap is not None else self.sdpa
         self.core = self.differential if self.diff else self.attend
         self.output_transforms = [t for t, on in ((self.exclude_own_value, cfg.exclusive_attn),
                                                   (self.apply_gate, self.gate is not None)) if on]
@@ -107,22 +121,34 @@ class Attention(nn.Module):
 
     # the core
     def sdpa(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)) v over the allowed keys (plain causal when mask is None)."""
+        """softmax(q k^T / sqrt(d)) v over the allowed keys (plain causal when mask is None), by the fused
+        kernel, or by batched matmuls where model.attn_kernel asks for them."""
+        if self.kernel == "matmul" or (self.kernel == "auto" and matmuls_are_faster(q, k)):
+            return self.explicit(q, k, v, mask)
         p = self.attn_dropout if self.training else 0.0
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
-    def softcapped(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
-        """Soft-capped scores (Gemma 2): softmax(c tanh(q k^T / (c sqrt(d)))) v, without the fused kernel."""
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-        scores = self.softcap * torch.tanh(scores / self.softcap)
-        if mask is None:
-            mask = attention_mask(q.size(2), k.size(2) - q.size(2), q.device)
-        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    def explicit(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d) + bias) v by batched matmuls, the bias 0 on allowed keys and -inf on the rest;
+        with model.attn_softcap the scores are soft-capped first (Gemma 2): c tanh(s / c)."""
+        B, H, T, d = q.shape
+        S = k.size(2)
+        allowed = mask if mask is not None else attention_mask(T, S - T, q.device)
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+        bias = bias.expand(B, H, T, S).reshape(B * H, T, S)  # a view where the mask is shared by the batch
+        q, k = q.reshape(B * H, T, d), k.reshape(B * H, S, d).transpose(1, 2)
+        if self.softcap is None:
+            scores = torch.baddbmm(bias, q, k, alpha=1 / math.sqrt(d))  # the bias added inside the matmul
+        else:
+            scores = torch.bmm(q, k) / math.sqrt(d)
+            scores = self.softcap * torch.tanh(scores / self.softcap) + bias
+        probs = scores.softmax(-1)
         if self.attn_dropout and self.training:
             probs = F.dropout(probs, self.attn_dropout)
-        return probs.to(v.dtype) @ v
+        dv = v.size(-1)  # differential attention's halves: q and k half as wide as v
+        return torch.bmm(probs.to(v.dtype), v.reshape(B * H, S, dv)).view(B, H, T, dv)
 
     def differential(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         """(softmax(q1 k1^T) - lambda softmax(q2 k2^T)) v, per-head RMS-normalized, times (1 - lambda_init)."""
