@@ -61,14 +61,16 @@ def matmul_peak(device, dtype, n: int, repeats: int = 5) -> float:
 def theoretical_peak(dtype, cpuinfo: str | None = None, threads: int | None = None) -> dict | None:
     """The CPU's nominal peak FLOP/s in this dtype: threads x clock (cpu MHz of /proc/cpuinfo) x FLOPs per
     cycle per core from its ISA. An estimate from public microarchitecture figures, not a measurement:
-    fp32 with AVX-512 on Intel: 2 FMA units x 16 lanes x 2 = 64; AVX-512 on AMD (two 256-bit pipes) and
-    AVX2: 32; bf16 with AMX: 1024 (one 16x16x32 tile multiply per 16 cycles); AVX512-BF16: twice fp32.
+    fp32 with AVX-512 on Intel and on AMD from Zen 5 (cpu family 26, full-width 512-bit pipes): 2 FMA units x
+    16 lanes x 2 = 64; AVX-512 on Zen 4 (two 256-bit pipes) and AVX2: 32; bf16 with AMX: 1024 (one 16x16x32 tile multiply per 16 cycles); AVX512-BF16: twice fp32.
     None where bf16 is emulated or the clock is unknown."""
     fields = cpu_fields(cpuinfo)
     flags, vendor, mhz = set(fields.get("flags", "").split()), fields.get("vendor_id", ""), fields.get("cpu MHz")
     if not mhz:
         return None
-    wide = 64 if "avx512f" in flags and vendor == "GenuineIntel" else 32 if flags & {"avx2", "avx512f"} else 16
+    family = fields.get("cpu family", "")
+    full_width = vendor == "GenuineIntel" or (vendor == "AuthenticAMD" and family.isdigit() and int(family) >= 26)
+    wide = 64 if "avx512f" in flags and full_width else 32 if flags & {"avx2", "avx512f"} else 16
     if dtype == torch.bfloat16:
         per_cycle = 1024 if "amx_bf16" in flags else 2 * wide if "avx512_bf16" in flags else None
         if per_cycle is None:

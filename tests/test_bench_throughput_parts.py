@@ -10,8 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from throughput import profile_steps, theoretical_peak  # noqa: E402
 
 
-def cpuinfo(vendor: str, flags: str, mhz: str = "2500.000") -> str:
-    return f"processor\t: 0\nvendor_id\t: {vendor}\ncpu MHz\t\t: {mhz}\nflags\t\t: fpu {flags}\n\nprocessor\t: 1\n"
+def cpuinfo(vendor: str, flags: str, mhz: str = "2500.000", family: int = 25) -> str:
+    return (f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\ncpu MHz\t\t: {mhz}\n"
+            f"flags\t\t: fpu {flags}\n\nprocessor\t: 1\n")
 
 
 @pytest.mark.parametrize("vendor, flags, dtype, per_cycle", [
@@ -25,6 +26,12 @@ def test_theoretical_peak_is_threads_times_clock_times_flops_per_cycle(vendor, f
     peak = theoretical_peak(dtype, cpuinfo(vendor, flags), threads=2)
     assert peak["flops_per_cycle_per_core"] == per_cycle
     assert peak["flops_per_s"] == 2 * 2500e6 * per_cycle
+
+
+@pytest.mark.parametrize("dtype, per_cycle", [(torch.float32, 64), (torch.bfloat16, 128)])
+def test_zen5_counts_full_width_avx512_pipes(dtype, per_cycle):
+    peak = theoretical_peak(dtype, cpuinfo("AuthenticAMD", "avx2 avx512f avx512_bf16", family=26), threads=2)
+    assert peak["flops_per_cycle_per_core"] == per_cycle
 
 
 def test_theoretical_peak_is_none_for_emulated_bf16_or_an_unknown_clock():
