@@ -62,7 +62,8 @@ def theoretical_peak(dtype, cpuinfo: str | None = None, threads: int | None = No
     """The CPU's nominal peak FLOP/s in this dtype: threads x clock (cpu MHz of /proc/cpuinfo) x FLOPs per
     cycle per core from its ISA. An estimate from public microarchitecture figures, not a measurement:
     fp32 with AVX-512 on Intel and on AMD from Zen 5 (cpu family 26, full-width 512-bit pipes): 2 FMA units x
-    16 lanes x 2 = 64; AVX-512 on Zen 4 (two 256-bit pipes) and AVX2: 32; bf16 with AMX: 1024 (one 16x16x32 tile multiply per 16 cycles); AVX512-BF16: twice fp32.
+    16 lanes x 2 = 64; AVX-512 on Zen 4 (two 256-bit pipes) and AVX2: 32; bf16 with AMX: 1024 (one 16x16x32
+    tile multiply per 16 cycles); AVX512-BF16: twice fp32.
     None where bf16 is emulated or the clock is unknown."""
     fields = cpu_fields(cpuinfo)
     flags, vendor, mhz = set(fields.get("flags", "").split()), fields.get("vendor_id", ""), fields.get("cpu MHz")

@@ -138,11 +138,11 @@ class Attention(nn.Module):
         allowed = mask if mask is not None else attention_mask(T, S - T, q.device)
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
         bias = bias.expand(B, H, T, S).reshape(B * H, T, S)  # a view where the mask is shared by the batch
-        q, k = q.reshape(B * H, T, d), k.reshape(B * H, S, d).transpose(1, 2)
+        q, k_t = q.reshape(B * H, T, d), k.reshape(B * H, S, d).transpose(1, 2)
         if self.softcap is None:
-            scores = torch.baddbmm(bias, q, k, alpha=1 / math.sqrt(d))  # the bias added inside the matmul
+            scores = torch.baddbmm(bias, q, k_t, alpha=1 / math.sqrt(d))  # the bias added inside the matmul
         else:
-            scores = torch.bmm(q, k) / math.sqrt(d)
+            scores = torch.bmm(q, k_t) / math.sqrt(d)
             scores = self.softcap * torch.tanh(scores / self.softcap) + bias
         probs = scores.softmax(-1)
         if self.attn_dropout and self.training:
